@@ -1,0 +1,58 @@
+"""Where the Dask work runs: the `cluster:` section of a workflow."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import Section
+
+
+class JobqueueConfig(Section):
+    """dask-jobqueue settings shared by SLURM and PBS (names follow dask-jobqueue)."""
+
+    cores: int = Field(8, ge=1)
+    memory: str = "32GB"
+    processes: int = Field(1, ge=1)
+    queue: str | None = None
+    account: str | None = None
+    walltime: str = "04:00:00"
+    job_extra_directives: list[str] = []
+    job_script_prologue: list[str] = []
+    local_directory: str | None = None
+    interface: str | None = None
+    worker_extra_args: list[str] = []
+    jobs: int = Field(1, ge=0, description="jobs started at once when adaptive is off")
+    adaptive_minimum: int | None = Field(None, ge=0, description="adaptive scaling: minimum jobs")
+    adaptive_maximum: int | None = Field(None, ge=1, description="adaptive scaling: maximum jobs")
+    gpus_per_job: int = Field(0, ge=0, description="declares Dask resource GPU=n on each worker")
+
+
+class KubernetesConfig(Section):
+    """dask-kubernetes (operator) settings."""
+
+    name: str = "laion-pipe"
+    namespace: str | None = None
+    image: str = "ghcr.io/dask/dask:latest"
+    n_workers: int = Field(2, ge=0)
+    resources: dict = {}
+    env: dict[str, str] = {}
+    gpus_per_worker: int = Field(0, ge=0)
+    adaptive_minimum: int | None = Field(None, ge=0)
+    adaptive_maximum: int | None = Field(None, ge=1)
+
+
+class ClusterConfig(Section):
+    kind: Literal["local", "address", "slurm", "pbs", "kubernetes"] = "local"
+    # local
+    n_workers: int | None = Field(None, ge=1, description="local workers; default: one per core")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "2GB"
+    processes: bool = True
+    gpus_per_worker: int = Field(0, ge=0, description="Dask resource GPU declared on local workers")
+    dashboard: bool = False
+    # address
+    address: str | None = None
+    # jobqueue / kubernetes
+    jobqueue: JobqueueConfig = JobqueueConfig()
+    kubernetes: KubernetesConfig = KubernetesConfig()

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module per stage, each with plan / process / run."""
