@@ -1,0 +1,151 @@
+"""Dask clusters from the workflow's `cluster:` section: local, an existing scheduler, SLURM/PBS
+(dask-jobqueue) or Kubernetes (dask-kubernetes).
+
+GPU workers are declared with the Dask resource `GPU`, so only tasks that ask for it (model
+stages) are placed there; everything else runs anywhere.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from .config.cluster import ClusterConfig
+
+
+def _gpu_resources(n: int) -> dict[str, float]:
+    return {"GPU": float(n)} if n else {}
+
+
+def _jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
+    jq = cfg.jobqueue
+    kw: dict[str, Any] = dict(
+        cores=jq.cores,
+        memory=jq.memory,
+        processes=jq.processes,
+        walltime=jq.walltime,
+        job_extra_directives=list(jq.job_extra_directives),
+        job_script_prologue=list(jq.job_script_prologue),
+        worker_extra_args=list(jq.worker_extra_args),
+    )
+    if jq.gpus_per_job:
+        per_worker = max(1, jq.gpus_per_job // jq.processes)
+        kw["worker_extra_args"] += ["--resources", f"GPU={per_worker}"]
+    for name in ("queue", "account", "local_directory", "interface"):
+        value = getattr(jq, name)
+        if value is not None:
+            kw[name] = value
+    return kw
+
+
+def make_cluster(cfg: ClusterConfig) -> Any | None:
+    """Build the cluster object the config describes (None for `address`, which needs none).
+
+    Kept apart from `open_client` so a SLURM/PBS job script or a Kubernetes spec can be
+    inspected without a batch system (`laion-pipe run --dry-run`, and the tests)."""
+    if cfg.kind == "local":
+        n = cfg.n_workers or max(1, (os.cpu_count() or 1) // cfg.threads_per_worker)
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            processes=cfg.processes,
+            resources=_gpu_resources(cfg.gpus_per_worker) or None,
+            dashboard_address=":0" if cfg.dashboard else None,
+        )
+    if cfg.kind == "address":
+        return None
+    if cfg.kind in ("slurm", "pbs"):
+        from dask_jobqueue import PBSCluster, SLURMCluster
+
+        cls = SLURMCluster if cfg.kind == "slurm" else PBSCluster
+        kw = _jobqueue_kwargs(cfg)
+        if cfg.kind == "pbs" and cfg.jobqueue.gpus_per_job:
+            kw["resource_spec"] = f"select=1:ncpus={cfg.jobqueue.cores}:ngpus={cfg.jobqueue.gpus_per_job}:mem={cfg.jobqueue.memory}"
+        return cls(**kw)
+    if cfg.kind == "kubernetes":
+        return make_kubernetes_cluster(cfg, create=True)
+    raise ValueError(f"cluster.kind: unknown kind {cfg.kind!r}")
+
+
+def kubernetes_spec(cfg: ClusterConfig) -> dict:
+    """The DaskCluster custom resource dask-kubernetes' operator would create."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    k = cfg.kubernetes
+    resources = dict(k.resources)
+    if k.gpus_per_worker:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(k.gpus_per_worker)
+    spec = make_cluster_spec(
+        name=k.name,
+        image=k.image,
+        n_workers=k.n_workers,
+        resources=resources or None,
+        env=dict(k.env) or None,
+        worker_command=["dask-worker"] if not k.gpus_per_worker else ["dask-worker", "--resources", f"GPU={k.gpus_per_worker}"],
+    )
+    if k.namespace:
+        spec["metadata"]["namespace"] = k.namespace
+    return spec
+
+
+def make_kubernetes_cluster(cfg: ClusterConfig, create: bool = True) -> Any:
+    from dask_kubernetes.operator import KubeCluster
+
+    k = cfg.kubernetes
+    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=k.namespace) if create else None
+    return cluster
+
+
+def job_script(cfg: ClusterConfig) -> str:
+    """The batch script SLURM/PBS would run for one job, or the pod spec (YAML) for Kubernetes."""
+    if cfg.kind in ("slurm", "pbs"):
+        cluster = make_cluster(cfg)
+        try:
+            return cluster.job_script()
+        finally:
+            cluster.close()
+    if cfg.kind == "kubernetes":
+        import yaml
+
+        class _NoAliases(yaml.SafeDumper):
+            def ignore_aliases(self, data):  # a pod spec reads better spelled out
+                return True
+
+        return yaml.dump(kubernetes_spec(cfg), Dumper=_NoAliases, sort_keys=False)
+    raise ValueError(f"cluster.kind {cfg.kind!r} has no job script")
+
+
+@contextlib.contextmanager
+def open_client(cfg: ClusterConfig) -> Iterator[Client]:
+    """A Dask client for the configured cluster, closed (with its cluster) on exit."""
+    if cfg.kind == "address":
+        if not cfg.address:
+            raise ValueError("cluster.address: required when cluster.kind is 'address'")
+        client = Client(cfg.address)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = make_cluster(cfg)
+    adapt_min = adapt_max = None
+    if cfg.kind in ("slurm", "pbs"):
+        adapt_min, adapt_max = cfg.jobqueue.adaptive_minimum, cfg.jobqueue.adaptive_maximum
+        if adapt_max is None:
+            cluster.scale(jobs=cfg.jobqueue.jobs)
+    elif cfg.kind == "kubernetes":
+        adapt_min, adapt_max = cfg.kubernetes.adaptive_minimum, cfg.kubernetes.adaptive_maximum
+    if adapt_max is not None:
+        cluster.adapt(minimum_jobs=adapt_min or 0, maximum_jobs=adapt_max) if cfg.kind in ("slurm", "pbs") else cluster.adapt(
+            minimum=adapt_min or 0, maximum=adapt_max
+        )
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()

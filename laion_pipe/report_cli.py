@@ -1,0 +1,81 @@
+"""What the terminal shows after a stage, after a run, and for `laion-pipe status`."""
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from . import fsio
+from .runner import StageReport, read_manifest, stage_status
+from .schema import STAGES
+
+console = Console(stderr=True)
+
+
+def _drops_line(drops: dict[str, Counter], limit: int = 6) -> str:
+    total: Counter = Counter()
+    for reasons in drops.values():
+        total.update(reasons)
+    return ", ".join(f"{r} {n:,}" for r, n in total.most_common(limit))
+
+
+def print_stage_report(report: StageReport) -> None:
+    kept = ", ".join(f"{s} {n:,}" for s, n in sorted(report.kept.items())) or "-"
+    line = (f"[bold]{report.stage}[/bold]: {report.done} done, {report.skipped} skipped (already done), "
+            f"{len(report.failed)} failed of {report.planned} partitions in {report.seconds:.1f}s; kept: {kept}")
+    console.print(line)
+    dl = _drops_line(report.drops)
+    if dl:
+        console.print(f"  dropped: {dl}")
+    for f in report.failed[:10]:
+        console.print(f"  [red]failed[/red] {f['key']}: {f['error']}")
+
+
+def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence[str]) -> None:
+    table = Table(title=f"run summary: {out}")
+    for col in ("stage", "partitions", "done", "skipped", "failed", "kept", "dropped", "seconds"):
+        table.add_column(col, justify="right" if col not in ("stage",) else "left")
+    for r in reports:
+        dropped = sum(sum(c.values()) for c in r.drops.values())
+        table.add_row(r.stage, str(r.planned), str(r.done), str(r.skipped), str(len(r.failed)),
+                      f"{sum(r.kept.values()):,}", f"{dropped:,}", f"{r.seconds:.1f}")
+    console.print(table)
+    not_run = [s for s in stages if s not in {r.stage for r in reports}]
+    if not_run:
+        console.print(f"[yellow]not run[/yellow] (an earlier stage has failed partitions): {', '.join(not_run)}")
+    if any(r.failed for r in reports):
+        console.print(f"[red]incomplete[/red]: see `laion-pipe status {out}`; rerun to retry failed partitions")
+    report_html = fsio.join(out, "stats", "report.html")
+    if fsio.exists(report_html):
+        console.print(f"report: {report_html}")
+
+
+def print_status(out: str, as_json: bool = False) -> int:
+    """Print done / failed / pending per stage; exit code 1 when anything failed or is pending."""
+    result = {}
+    for stage in STAGES:
+        st = stage_status(out, stage)
+        if any(st.values()):
+            result[stage] = st
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        if not result:
+            console.print(f"no stage state under {out}")
+        table = Table(title=f"status: {out}")
+        for col in ("stage", "done", "failed", "pending"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for stage, st in result.items():
+            table.add_row(stage, str(len(st["done"])), str(len(st["failed"])), str(len(st["pending"])))
+        Console().print(table)
+        for stage, st in result.items():
+            for key in st["failed"]:
+                m = read_manifest(out, stage, key) or {}
+                Console().print(f"[red]failed[/red] {stage}/{key}: {m.get('error', '?')}")
+    incomplete = any(st["failed"] or st["pending"] for st in result.values())
+    sys.stdout.flush()
+    return 1 if incomplete else 0

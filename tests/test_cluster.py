@@ -1,0 +1,52 @@
+"""Cluster kinds from the workflow: local runs here; SLURM/PBS/Kubernetes are checked through the
+job script / pod spec they would submit (no batch system or Kubernetes API on this machine)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from laion_pipe.cluster import job_script, open_client
+from laion_pipe.config import load_workflow, workflow_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_local_cluster_declares_gpu_resources():
+    wf = workflow_from_dict({"cluster": {"n_workers": 1, "threads_per_worker": 1, "processes": False, "gpus_per_worker": 1}})
+    with open_client(wf.cluster) as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 1
+        assert next(iter(workers.values()))["resources"] == {"GPU": 1.0}
+        assert client.submit(lambda: 41 + 1, resources={"GPU": 1}).result() == 42
+
+
+def test_slurm_job_script_from_workflow():
+    script = job_script(load_workflow(REPO / "workflows/slurm.yaml").cluster)
+    assert "#SBATCH -p cpu" in script and "#SBATCH -A my-project" in script
+    assert "#SBATCH --cpus-per-task=16" in script and "#SBATCH -t 08:00:00" in script
+    assert "--nworkers 8" in script and "--local-directory /tmp" in script
+
+
+def test_pbs_job_script_requests_gpus_and_declares_resource():
+    script = job_script(load_workflow(REPO / "workflows/pbs.yaml").cluster)
+    assert "#PBS -q gpu" in script and "ngpus=4" in script
+    assert "--resources GPU=1" in script and "--nworkers 4" in script
+
+
+def test_kubernetes_spec_from_workflow():
+    spec = yaml.safe_load(job_script(load_workflow(REPO / "workflows/kubernetes.yaml").cluster))
+    assert spec["kind"] == "DaskCluster" and spec["metadata"] == {"name": "laion-pipe", "namespace": "data"}
+    worker = spec["spec"]["worker"]
+    assert worker["replicas"] == 8
+    container = worker["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/my-org/laion-pipe:0.1.0"
+    assert container["resources"]["limits"]["memory"] == "16Gi"
+
+
+def test_kubernetes_gpu_workers_get_resource_and_limit():
+    wf = workflow_from_dict({"cluster": {"kind": "kubernetes", "kubernetes": {"gpus_per_worker": 1}}})
+    spec = yaml.safe_load(job_script(wf.cluster))
+    container = spec["spec"]["worker"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["args"][:3] == ["dask-worker", "--resources", "GPU=1"]

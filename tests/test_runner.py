@@ -1,0 +1,133 @@
+"""The stage runner: atomic outputs, manifests, skip-done, redo-on-change, failures, status."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from laion_pipe import fsio
+from laion_pipe.config import workflow_from_dict
+from laion_pipe.runner import Outcome, Partition, fingerprint, read_manifest, run_stage, stage_status
+
+CALLS_DIR = "calls"
+
+
+def _copy_upper(part: Partition, out: str, wf) -> Outcome:
+    """A toy stage: upper-cases its input file; counts each call in a side file."""
+    calls = Path(out) / CALLS_DIR
+    calls.mkdir(exist_ok=True)
+    (calls / f"{part.key}-{os.urandom(4).hex()}").touch()
+    text = Path(part.inputs[0]).read_text()
+    if "poison" in text:
+        raise ValueError(f"poison input in {part.inputs[0]}")
+    o = Outcome()
+    rel = f"toy/{part.key}.txt"
+    with fsio.atomic_open(fsio.join(out, rel), "wb") as f:
+        f.write(text.upper().encode())
+    o.kept["en"] += 1
+    o.counts["lines"] += len(text.splitlines())
+    o.drop("text_too_short", "en", 2)
+    o.outputs.append(rel)
+    return o
+
+
+def _plan(inputs: list[Path]) -> list[Partition]:
+    return [Partition(key=f"part-{i:05d}", inputs=(str(p),), fingerprint=fingerprint(fsio.fingerprint_of(str(p))))
+            for i, p in enumerate(inputs)]
+
+
+def _calls(out: Path, key: str) -> int:
+    return sum(1 for p in (out / CALLS_DIR).iterdir() if p.name.startswith(key + "-"))
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[Path]:
+    paths = []
+    for i in range(3):
+        p = tmp_path / "in" / f"{i}.txt"
+        p.parent.mkdir(exist_ok=True)
+        p.write_text(f"hello {i}\nworld\n")
+        paths.append(p)
+    return paths
+
+
+def test_run_writes_outputs_and_manifests(tmp_path, inputs, dask_client):
+    out = tmp_path / "run"
+    wf = workflow_from_dict({"runner": {"progress": False}})
+    rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    assert (rep.planned, rep.done, rep.skipped, rep.failed) == (3, 3, 0, [])
+    assert rep.kept["en"] == 3 and rep.counts["lines"] == 6 and rep.drops["en"]["text_too_short"] == 6
+    assert (out / "toy/part-00001.txt").read_text() == "HELLO 1\nWORLD\n"
+    m = read_manifest(str(out), "toy", "part-00001")
+    assert m["status"] == "done" and m["outputs"] == ["toy/part-00001.txt"] and m["kept"] == {"en": 1}
+    # no temporary file is left anywhere
+    assert not [p for p in out.rglob("*") if p.name.startswith(fsio.TMP_PREFIX)]
+    assert stage_status(str(out), "toy") == {"done": ["part-00000", "part-00001", "part-00002"], "failed": [], "pending": []}
+
+
+def test_rerun_skips_done_and_redoes_changed_input(tmp_path, inputs, dask_client):
+    out = tmp_path / "run"
+    wf = workflow_from_dict({"runner": {"progress": False}})
+    run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    before = (out / "toy/part-00000.txt").stat().st_mtime_ns
+    inputs[2].write_text("changed and longer\n")
+    os.utime(inputs[2], ns=(1, 1_000_000_000))  # a different mtime too
+    rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    assert (rep.done, rep.skipped) == (1, 2)
+    assert rep.kept["en"] == 3  # skipped partitions still count in the report
+    assert _calls(out, "part-00000") == 1 and _calls(out, "part-00002") == 2
+    assert (out / "toy/part-00000.txt").stat().st_mtime_ns == before
+    assert (out / "toy/part-00002.txt").read_text() == "CHANGED AND LONGER\n"
+
+
+def test_poison_partition_is_retried_then_recorded_failed(tmp_path, inputs, dask_client):
+    out = tmp_path / "run"
+    inputs[1].write_text("poison\n")
+    wf = workflow_from_dict({"runner": {"progress": False, "retries": 2}})
+    rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    assert rep.done == 2 and [f["key"] for f in rep.failed] == ["part-00001"]
+    assert "poison input" in rep.failed[0]["error"]
+    assert _calls(out, "part-00001") == 3  # first try + 2 retries
+    m = read_manifest(str(out), "toy", "part-00001")
+    assert m["status"] == "failed" and "ValueError" in m["error"] and "poison" in m["traceback"]
+    assert not (out / "toy/part-00001.txt").exists()
+    st = stage_status(str(out), "toy")
+    assert st["failed"] == ["part-00001"] and len(st["done"]) == 2
+    # fixed input: the rerun redoes only the failed partition
+    inputs[1].write_text("fine now\n")
+    rep2 = run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    assert (rep2.done, rep2.skipped, rep2.failed) == (1, 2, [])
+
+
+def test_pending_partitions_are_reported(tmp_path, inputs, dask_client):
+    out = tmp_path / "run"
+    wf = workflow_from_dict({"runner": {"progress": False}})
+    run_stage("toy", _plan(inputs[:1]), _copy_upper, str(out), wf, dask_client)
+    # a plan with more partitions was recorded but only the first ran (as after a driver kill)
+    from laion_pipe.runner import write_plan
+
+    write_plan(str(out), "toy", _plan(inputs))
+    assert stage_status(str(out), "toy")["pending"] == ["part-00001", "part-00002"]
+
+
+def test_unknown_drop_reason_is_rejected():
+    with pytest.raises(ValueError, match="unknown drop reason"):
+        Outcome().drop("because")
+
+
+def test_bad_record_notes_are_capped_but_counted():
+    o = Outcome(max_errors=3)
+    for i in range(10):
+        o.error("json", "not json", offset=i * 100)
+    assert o.counts["bad_records"] == 10 and o.counts["bad_records.json"] == 10
+    assert [e["offset"] for e in o.errors] == [0, 100, 200]
+
+
+def test_atomic_open_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "x" / "file.bin"
+    with pytest.raises(RuntimeError):
+        with fsio.atomic_open(str(target)) as f:
+            f.write(b"half")
+            raise RuntimeError("killed")
+    assert not target.exists() and list(target.parent.iterdir()) == []
