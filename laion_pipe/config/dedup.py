@@ -9,9 +9,41 @@ from .base import Section
 
 
 class DedupConfig(Section):
-    key: Literal["url", "url_text"] = Field("url", description="LAION-5B deduplicated by url")
+    key: Literal["url", "url_text"] = Field(
+        "url",
+        description="what makes two candidates the same: the image url (LAION-5B) or the (url, text) pair; "
+        "dropped copies are counted as duplicate_url or duplicate_pair",
+    )
     rows_per_part: int = Field(10_000, ge=1, description="rows per unique/ part = one download shard")
-    n_buckets: int | None = Field(None, ge=1, description="hash buckets for the shuffle; default from input size")
-    blocked_domains: list[str] = Field([], description="files (one domain per line); subdomains are blocked too")
-    blocked_url_hashes: list[str] = Field([], description="files of URL hashes to remove (hex sha256 of the url)")
-    already_curated: list[str] = Field([], description="parquet files/globs with a url/URL column from earlier runs")
+    n_buckets: int | None = Field(
+        None, ge=1, description="hash buckets of the shuffle; default: total input bytes / bucket_target_bytes"
+    )
+    bucket_target_bytes: int = Field(
+        64 * 2**20,
+        ge=1,
+        description="input (parquet) bytes per bucket when n_buckets is not set: bounds the memory of a bucket task",
+    )
+    group_target_bytes: int = Field(
+        256 * 2**20,
+        ge=1,
+        description="input bytes per bucketing task: small candidate files are grouped so a task writes "
+        "fewer, larger bucket files",
+    )
+    flush_rows: int = Field(
+        1_000_000,
+        ge=1,
+        description="rows a bucketing task holds before writing them out to bucket files: bounds its memory",
+    )
+    blocked_domains: list[str] = Field(
+        [], description="text files (one domain per line, # comments); subdomains of a listed domain are blocked too"
+    )
+    blocked_url_hashes: list[str] = Field(
+        [],
+        description="text files of URL hashes to remove, one hex digest of the url per line; MD5, SHA-1 or "
+        "SHA-256, told apart by length",
+    )
+    already_curated: list[str] = Field(
+        [],
+        description="files/globs of an earlier run or dataset: parquet with a url/URL column (and text/TEXT for "
+        "key url_text), or text files with one URL per line; matching candidates are dropped as already_curated",
+    )

@@ -1,0 +1,390 @@
+"""The dedup stage: exact results, determinism across partitionings, bounded per-task reads,
+blocklists, bad input, resume and pruning. Everything runs through `dedup.run` on a real Dask client."""
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import mmh3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from laion_pipe import fsio, runner
+from laion_pipe.config import ConfigError, workflow_from_dict
+from laion_pipe.schema import CANDIDATE_SCHEMA, SUBSETS
+from laion_pipe.stages import dedup
+
+COLS = CANDIDATE_SCHEMA.names
+
+
+def wf_of(**dedup_cfg):
+    return workflow_from_dict({"dedup": dedup_cfg, "runner": {"progress": False, "retries": 0}})
+
+
+def row(uid, url, text="a caption", subset="en", page="http://page.example/", language=None, score=None, license=None):
+    lang = language or {"en": "en", "multi": "de", "nolang": None}[subset]
+    return {"uid": uid, "url": url, "text": text, "page_url": page, "language": lang,
+            "language_score": score if score is not None else 0.75, "subset": subset, "license": license}
+
+
+def write_candidates(out: Path, subset: str, index: int, rows: list[dict], schema=CANDIDATE_SCHEMA) -> str:
+    path = str(out / "candidates" / subset / f"part-{index:05d}.parquet")
+    fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def write_split(out: Path, rows: list[dict], n_files: int) -> None:
+    """The same rows, spread over `n_files` files per subset (round robin)."""
+    for subset in SUBSETS:
+        mine = [r for r in rows if r["subset"] == subset]
+        for i in range(n_files):
+            chunk = mine[i::n_files]
+            if chunk:
+                write_candidates(out, subset, i, chunk)
+
+
+def unique_parts(out: Path, subset: str) -> list[pa.Table]:
+    return [pq.read_table(p) for p in sorted((out / "unique" / subset).glob("part-*.parquet"))]
+
+
+def unique_rows(out: Path) -> dict[str, list[dict]]:
+    return {s: [r for t in unique_parts(out, s) for r in t.to_pylist()] for s in SUBSETS}
+
+
+def h64(url: str) -> int:
+    return mmh3.hash64(url, signed=False)[0]
+
+
+def sort_key(r: dict) -> tuple:
+    return tuple((v is None, v if v is not None else 0) for v in (r[c] for c in COLS))
+
+
+def reference(rows: list[dict], key: str = "url") -> dict[str, list[dict]]:
+    """What dedup must output, computed the obvious way in Python."""
+    best: dict = {}
+    for r in rows:
+        k = r["url"] if key == "url" else (r["url"], r["text"])
+        if k not in best or sort_key(r) < sort_key(best[k]):
+            best[k] = r
+    out = {s: [] for s in SUBSETS}
+    for r in sorted(best.values(), key=lambda r: (h64(r["url"]), sort_key(r))):
+        out[r["subset"]].append(r)
+    return out
+
+
+def random_rows(n: int, n_urls: int, seed: int) -> list[dict]:
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        u = rnd.randrange(n_urls)
+        rows.append(row(f"{rnd.randrange(10**9):09d}-{i}", f"https://host{u % 17}.example/img/{u}.jpg",
+                        text=f"caption {rnd.randrange(3)}", subset=rnd.choice(SUBSETS),
+                        score=None if rnd.random() < 0.1 else rnd.randrange(8) / 8))  # exact in float32
+    return rows
+
+
+# ---------------------------------------------------------------- exact results on a hand-built set
+
+
+@pytest.fixture
+def hand_built(tmp_path: Path):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [
+        row("05", "http://a.com/1.jpg", "cat"),
+        row("02", "http://a.com/1.jpg", "dog"),            # same url, smaller uid: survives
+        row("10", "http://b.com/x.jpg", "bee"),            # loses to the multi copy (uid 03)
+    ])
+    write_candidates(out, "multi", 0, [
+        row("03", "http://b.com/x.jpg", "Biene", "multi"),
+        row("20", "http://c.org/y.png", "Hund", "multi"),
+        row("21", "http://c.org/y.png", "Hund", "multi"),  # exact pair duplicate
+    ])
+    write_candidates(out, "nolang", 1, [
+        row("30", "http://blocked.net/z.jpg", subset="nolang"),
+        row("31", "http://IMG.Blocked.NET./z.jpg", subset="nolang"),  # subdomain, odd case, trailing dot
+        row("32", "http://notblocked.net/q.jpg", subset="nolang"),     # a suffix, not a subdomain
+        row("33", "http://hashed.com/secret.jpg", subset="nolang"),
+        row("40", "http://old.com/seen.jpg", subset="nolang"),
+        row("41", "http://old.com/seen.jpg", subset="nolang"),
+    ])
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "domains.txt").write_text("# policy\nblocked.net\n\n*.other.org\n")
+    (lists / "hashes.txt").write_text(hashlib.sha256(b"http://hashed.com/secret.jpg").hexdigest() + "\n")
+    pq.write_table(pa.table({"URL": ["http://old.com/seen.jpg", "http://unrelated.com/a.jpg"],
+                             "TEXT": ["a caption", "x"]}), lists / "laion.parquet")
+    cfg = dict(blocked_domains=[str(lists / "domains.txt")], blocked_url_hashes=[str(lists / "hashes.txt")],
+               already_curated=[str(lists / "*.parquet")], rows_per_part=1, n_buckets=3)
+    return out, cfg
+
+
+def test_hand_built_exact_rows_parts_and_reasons(hand_built, dask_client):
+    out, cfg = hand_built
+    rep = dedup.run(str(out), wf_of(**cfg), dask_client)
+    assert rep.complete and rep.stage == "dedup"
+    got = {s: sorted((r["uid"], r["url"], r["subset"]) for r in rows) for s, rows in unique_rows(out).items()}
+    assert got == {
+        "en": [("02", "http://a.com/1.jpg", "en")],
+        "multi": [("03", "http://b.com/x.jpg", "multi"), ("20", "http://c.org/y.png", "multi")],
+        "nolang": [("32", "http://notblocked.net/q.jpg", "nolang")],
+    }
+    # one row per part (rows_per_part=1), named part-NNNNN, in the candidates' schema
+    assert [len(t) for t in unique_parts(out, "multi")] == [1, 1]
+    assert sorted(p.name for p in (out / "unique" / "multi").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert all(t.schema.equals(CANDIDATE_SCHEMA) for s in SUBSETS for t in unique_parts(out, s))
+    assert {s: dict(c) for s, c in rep.drops.items()} == {
+        "en": {"duplicate_url": 2},
+        "multi": {"duplicate_url": 1},
+        "nolang": {"blocked_domain": 2, "blocked_url_hash": 1, "already_curated": 2},
+    }
+    assert dict(rep.kept) == {"en": 1, "multi": 2, "nolang": 1}
+    assert rep.counts["candidates_in"] == 12 and rep.counts["curated_in"] == 2 and rep.counts["rows_out"] == 4
+    assert rep.planned == 4 and rep.counts["n_buckets"] == 3
+    # the funnel closes: every candidate is kept or dropped with a reason
+    assert sum(rep.kept.values()) + sum(sum(c.values()) for c in rep.drops.values()) == 12
+
+
+def test_pair_key_keeps_different_texts(hand_built, dask_client):
+    out, cfg = hand_built
+    cfg["already_curated"] = [str(Path(cfg["already_curated"][0]).parent / "laion.parquet")]
+    rep = dedup.run(str(out), wf_of(**{**cfg, "key": "url_text", "rows_per_part": 10}), dask_client)
+    got = {s: sorted(r["uid"] for r in rows) for s, rows in unique_rows(out).items()}
+    # cat/dog and bee/Biene are different pairs now; only the exact (c.org, Hund) pair repeats.
+    # already-curated matches the pair: (old.com/seen.jpg, "a caption") is in the list.
+    assert got == {"en": ["02", "05", "10"], "multi": ["03", "20"], "nolang": ["32"]}
+    assert rep.drops["multi"] == {"duplicate_pair": 1}
+    assert rep.drops["nolang"]["already_curated"] == 2
+
+
+def test_matches_python_reference_and_fixed_part_size(tmp_path, dask_client):
+    rows = random_rows(900, 300, seed=1)
+    out = tmp_path / "run"
+    write_split(out, rows, 3)
+    rep = dedup.run(str(out), wf_of(rows_per_part=64, n_buckets=4), dask_client)
+    ref = reference(rows)
+    assert unique_rows(out) == ref  # same rows, same order (hash of url, then uid...)
+    for s in SUBSETS:
+        sizes = [len(t) for t in unique_parts(out, s)]
+        assert sizes[:-1] == [64] * (len(sizes) - 1) and 0 < sizes[-1] <= 64
+        assert sum(sizes) == len(ref[s]) == rep.kept[s]
+    n_dups = 900 - sum(len(v) for v in ref.values())
+    assert sum(c["duplicate_url"] for c in rep.drops.values()) == n_dups
+
+
+# ---------------------------------------------------------------- determinism
+
+
+def test_same_output_for_any_partitioning(tmp_path, dask_client):
+    rows = random_rows(600, 150, seed=7)
+    results = []
+    for i, (n_files, cfg) in enumerate([
+        (1, dict(n_buckets=1)),
+        (5, dict(n_buckets=7, flush_rows=40, group_target_bytes=1)),
+        (2, dict(n_buckets=13, flush_rows=1000)),
+        (2, dict(n_buckets=13, flush_rows=1000)),  # the same again: runs are deterministic
+        (4, dict()),  # n_buckets from input size
+    ]):
+        out = tmp_path / f"run{i}"
+        write_split(out, rows, n_files)
+        dedup.run(str(out), wf_of(rows_per_part=50, **cfg), dask_client)
+        results.append({s: unique_parts(out, s) for s in SUBSETS})
+    first = results[0]
+    assert sum(len(t) for t in first["en"]) > 0
+    for other in results[1:]:
+        for s in SUBSETS:
+            assert len(other[s]) == len(first[s])
+            assert all(a.equals(b) for a, b in zip(first[s], other[s]))
+
+
+# ---------------------------------------------------------------- bounded memory: bucket files, per-bucket reads
+
+
+def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
+    rows = random_rows(800, 400, seed=3)
+    out = tmp_path / "run"
+    write_split(out, rows, 4)
+    wf = wf_of(n_buckets=4, flush_rows=100, rows_per_part=50, group_target_bytes=1)
+    reads: list[tuple[str, int, int]] = []
+    real_read, real_rows = dedup._read_parquet, dedup._read_rows
+    monkeypatch.setattr(dedup, "_read_parquet", lambda p: reads.append((p, 0, -1)) or real_read(p))
+    monkeypatch.setattr(dedup, "_read_rows", lambda p, a, b: reads.append((p, a, b)) or real_rows(p, a, b))
+    rep = dedup.run(str(out), wf, dask_client)
+    assert rep.complete
+
+    # phase 1 wrote bucket files, several per bucket (flushes and groups), each holding only its hash range
+    bucket_parts, n = dedup.plan_buckets(str(out), wf)
+    assert n == 4 and len(bucket_parts) == 12  # one group per file: 4 files x 3 subsets
+    for b in range(4):
+        files = sorted((out / dedup.bucket_dir(b)).glob("*.parquet"))
+        assert len(files) >= 12
+        for f in files:
+            h = pq.read_table(f)[dedup.HASH_COL].to_numpy()
+            assert set(dedup.bucket_of(h, 4)) == {b}
+
+    # phase 2: each task reads exactly its bucket's files, and no task sees all rows
+    reduce_parts = dedup.plan_reduce(str(out), wf, bucket_parts, n)
+    assert [p.key for p in reduce_parts] == ["b00000", "b00001", "b00002", "b00003"]
+    for part in reduce_parts:
+        reads.clear()
+        o = dedup.process_reduce(part, str(out), wf)
+        b = part.param("bucket")
+        assert reads and {Path(p).parent.name for p, _, _ in reads} == {f"b{b:05d}"}
+        assert sorted(p for p, _, _ in reads) == sorted(part.inputs)
+        assert 0 < o.counts["bucket_rows"] < len(rows) / 2
+
+    # phase 3: a part reads only row ranges of survivor files, adding up to its own size
+    for part in dedup.plan_parts(str(out), wf, reduce_parts):
+        reads.clear()
+        o = dedup.process(part, str(out), wf)
+        assert all("/_work/dedup/survivors/" in p and b > a for p, a, b in reads)
+        assert sum(b - a for _, a, b in reads) == sum(o.kept.values()) <= 50
+
+
+# ---------------------------------------------------------------- resume
+
+
+def _finished(out: Path, stage: str) -> dict[str, float]:
+    return {p.stem: fsio.read_json(str(p))["finished"] for p in (out / "_state" / stage).glob("[!_]*.json")}
+
+
+def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask_client):
+    rows = random_rows(300, 120, seed=5)
+    out = tmp_path / "run"
+    write_split(out, rows, 2)
+    wf = wf_of(n_buckets=3, rows_per_part=40, group_target_bytes=1)
+    first = dedup.run(str(out), wf, dask_client)
+    before = {st: _finished(out, st) for st in (dedup.BUCKET_STAGE, dedup.REDUCE_STAGE, dedup.NAME)}
+    parts_before = unique_rows(out)
+
+    again = dedup.run(str(out), wf, dask_client)
+    assert (again.done, again.skipped) == (0, first.planned)
+    assert {st: _finished(out, st) for st in before} == before
+    assert again.kept == first.kept and again.drops == first.drops
+    assert unique_rows(out) == parts_before
+
+    # a crash after the reduce of one bucket, before the parts: only that work is redone
+    (out / "_state" / dedup.REDUCE_STAGE / "b00001.json").unlink()
+    (out / "_state" / dedup.NAME / "en-part-00000.json").unlink()
+    (out / "unique" / "en" / "part-00000.parquet").unlink()
+    third = dedup.run(str(out), wf, dask_client)
+    assert (third.done, third.skipped) == (1, first.planned - 1)
+    now = {st: _finished(out, st) for st in before}
+    assert now[dedup.BUCKET_STAGE] == before[dedup.BUCKET_STAGE]
+    changed = {k for k in now[dedup.REDUCE_STAGE] if now[dedup.REDUCE_STAGE][k] != before[dedup.REDUCE_STAGE][k]}
+    assert changed == {"b00001"}
+    assert unique_rows(out) == parts_before
+
+    # a new candidate file: only its bucketing task runs; every bucket is re-deduped
+    extra = [row("000", r["url"], subset="en") for r in rows[:5]] + [row("999", "https://new.example/a.jpg")]
+    write_candidates(out, "en", 7, extra)
+    fourth = dedup.run(str(out), wf, dask_client)
+    now = _finished(out, dedup.BUCKET_STAGE)
+    assert {k for k in now if now.get(k) != before[dedup.BUCKET_STAGE].get(k)} == {"cand-en-part-00007"}
+    assert unique_rows(out) == reference(rows + extra)
+    assert fourth.counts["candidates_in"] == len(rows) + len(extra)
+
+
+def test_fewer_parts_on_rerun_removes_stale_parts(tmp_path, dask_client):
+    rows = random_rows(200, 100, seed=11)
+    out = tmp_path / "run"
+    write_split(out, rows, 1)
+    dedup.run(str(out), wf_of(rows_per_part=10, n_buckets=4), dask_client)
+    assert len(unique_parts(out, "en")) > 1
+    dedup.run(str(out), wf_of(rows_per_part=1000, n_buckets=2), dask_client)
+    for s in SUBSETS:
+        assert [p.name for p in (out / "unique" / s).iterdir()] == ["part-00000.parquet"]
+    assert not list((out / dedup.bucket_dir(3)).glob("*.parquet"))  # buckets of the old plan are gone too
+    assert runner.stage_status(str(out), dedup.NAME) == {
+        "done": ["en-part-00000", "multi-part-00000", "nolang-part-00000"], "failed": [], "pending": []}
+    assert unique_rows(out) == reference(rows)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_rows_are_counted_not_fatal(tmp_path, dask_client):
+    loose = pa.schema([f.with_nullable(True) for f in CANDIDATE_SCHEMA])
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [
+        row("1", "http://ok.com/a.jpg"),
+        row(None, "http://ok.com/b.jpg"),
+        row("3", ""),
+        row("4", "http://ok.com/c.jpg") | {"subset": "xx"},
+        row("5", "http://ok.com/d.jpg") | {"text": None},
+    ], schema=loose)
+    # a file from an older extract without the optional columns still reads
+    fsio.write_parquet_atomic(pa.table({"uid": ["6"], "url": ["http://ok.com/e.jpg"], "text": ["t t"],
+                                        "subset": ["multi"]}), str(out / "candidates/multi/part-00000.parquet"))
+    rep = dedup.run(str(out), wf_of(), dask_client)
+    assert rep.complete
+    assert rep.counts["bad_records"] == 4 and rep.counts["candidates_in"] == 2
+    assert {s: [r["uid"] for r in v] for s, v in unique_rows(out).items()} == {"en": ["1"], "multi": ["6"], "nolang": []}
+    errors = fsio.read_json(str(out / "_state" / dedup.BUCKET_STAGE / "cand-en-part-00000.json"))["errors"]
+    assert [e["offset"] for e in errors] == [1, 2, 3, 4]
+    assert "unknown subset 'xx'" in errors[2]["message"]
+
+
+def test_unreadable_file_fails_its_task_and_stops_before_dedup(tmp_path, dask_client):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [row("1", "http://ok.com/a.jpg")])
+    fsio.write_parquet_atomic(pa.table({"uid": ["2"], "link": ["x"]}), str(out / "candidates/en/part-00001.parquet"))
+    rep = dedup.run(str(out), wf_of(group_target_bytes=1), dask_client)
+    assert not rep.complete
+    assert [f["key"] for f in rep.failed] == ["dedup.bucket/cand-en-part-00001"]
+    assert "missing column" in rep.failed[0]["error"]
+    assert not (out / "unique").exists()
+
+
+def test_curated_glob_matching_nothing_is_an_error(tmp_path, dask_client):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [row("1", "http://ok.com/a.jpg")])
+    with pytest.raises(FileNotFoundError, match="already_curated"):
+        dedup.run(str(out), wf_of(already_curated=[str(tmp_path / "nope-*.parquet")]), dask_client)
+
+
+def test_no_candidates_is_an_empty_result(tmp_path, dask_client):
+    rep = dedup.run(str(tmp_path / "run"), wf_of(), dask_client)
+    assert rep.complete and rep.planned == 0 and not (tmp_path / "run" / "unique").exists()
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ConfigError, match="dedup.keyy: unknown key"):
+        workflow_from_dict({"dedup": {"keyy": "url"}})
+    with pytest.raises(ConfigError, match="dedup.key"):
+        workflow_from_dict({"dedup": {"key": "text"}})
+    with pytest.raises(ConfigError, match="dedup.rows_per_part"):
+        workflow_from_dict({"dedup": {"rows_per_part": 0}})
+
+
+# ---------------------------------------------------------------- real Common Crawl data
+
+
+def test_real_crawl_images_dedup_like_python(cc_samples, tmp_path, dask_client):
+    """<img src alt> pairs of the real 2014 WARC excerpt (galleries repeat their navigation
+    images on every page): dedup must agree with a plain Python dedup of the same pairs."""
+    from urllib.parse import urljoin
+
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from selectolax.lexbor import LexborHTMLParser as HTMLParser
+
+    rows = []
+    with open(cc_samples / "CC-MAIN-2014-35-excerpt.warc", "rb") as f:
+        for rec in ArchiveIterator(f, record_types=WarcRecordType.response):
+            page = rec.headers.get("WARC-Target-URI")
+            html = rec.reader.read().decode("utf-8", "replace")
+            for img in HTMLParser(html).css("img"):
+                src, alt = img.attributes.get("src"), img.attributes.get("alt")
+                if src and alt:
+                    url = urljoin(page, src)
+                    uid = hashlib.sha1(f"{page}\n{url}\n{alt}".encode()).hexdigest()
+                    rows.append(row(uid, url, alt, subset="en" if len(alt) % 2 else "nolang", page=page))
+    assert len(rows) > 800
+    ref = reference(rows)
+    assert sum(map(len, ref.values())) < len(rows)  # the excerpt really has duplicate image URLs
+    out = tmp_path / "run"
+    write_split(out, rows, 3)
+    rep = dedup.run(str(out), wf_of(rows_per_part=100, n_buckets=5), dask_client)
+    assert unique_rows(out) == ref
+    assert sum(c["duplicate_url"] for c in rep.drops.values()) == len(rows) - sum(map(len, ref.values()))
