@@ -1,0 +1,456 @@
+"""The score stage: CLIP similarity, punsafe, pwatermark and aesthetic for every downloaded image.
+
+One Dask task per download shard `images/{subset}/NNNNN.tar` (+ its parquet) writes
+`scores/{subset}/NNNNN.parquet` with `key, uid, similarity, punsafe, pwatermark, aesthetic,
+status, error_message`. Only numbers are written here: thresholds are `select`'s, and they are not
+part of this stage's fingerprint, so changing one never reruns the models.
+
+Why it is built the way it is:
+- EN shards use `models.clip_en`, MULTI and NOLANG `models.clip_multi` (LAION-5B's split). Models
+  are loaded once per worker process and cached by configuration and device: loading a CLIP takes
+  longer than scoring a shard on a GPU.
+- The model is the expensive part, so it must never wait for JPEG decoding: a reader thread
+  streams the tar and hands images to a pool of decode threads (PIL and torch release the GIL
+  while decoding, resizing and normalising) through a bounded queue, while the main thread runs
+  the model on the previous batch. Threads rather than DataLoader processes because Dask worker
+  processes are daemonic and may not fork children.
+- Captions repeat (alt texts such as "image" or a product name): each distinct caption of a shard
+  goes through the text tower once.
+- A record that cannot be scored (undecodable image, image missing from the tar) gets status
+  `score_error` and the drop reason of that name; it never fails the shard.
+"""
+from __future__ import annotations
+
+import io
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from .. import fsio, runner
+from ..runner import Outcome, Partition, StageReport
+from ..schema import STAGE_DIRS, SUBSETS
+
+NAME = "score"
+VERSION = 1  # bump when the meaning of an output column changes: every shard is then redone
+
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+STATUS_OK, STATUS_ERROR = "ok", "score_error"
+
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("uid", pa.string()),
+        pa.field("similarity", pa.float32()),
+        pa.field("punsafe", pa.float32()),
+        pa.field("pwatermark", pa.float32()),
+        pa.field("aesthetic", pa.float32()),
+        pa.field("status", pa.string()),
+        pa.field("error_message", pa.string()),
+    ]
+)
+"""scores/{subset}/NNNNN.parquet. Scores are NaN where status is score_error or a head is not configured."""
+
+SCORE_COLUMNS: tuple[str, ...] = ("similarity", "punsafe", "pwatermark", "aesthetic")
+
+
+# --- devices, models ------------------------------------------------------------------------------
+
+
+def clip_config_for(wf: Any, subset: str):
+    """LAION-5B's split: the English CLIP for EN, the multilingual one for MULTI and NOLANG."""
+    return wf.models.clip_en if subset == "en" else wf.models.clip_multi
+
+
+def _head_configs(wf: Any) -> dict[str, Any]:
+    """The configured heads; one left out (None) gives NaN in its column."""
+    return {name: getattr(wf.models, name, None) for name in ("nsfw", "watermark", "aesthetic")}
+
+
+def _dump(cfg: Any) -> Any:
+    return None if cfg is None else cfg.model_dump(mode="json")
+
+
+def _weights_identity(obj: Any) -> list[str]:
+    """Fingerprints of local weight files a config names, so replacing a file in place reruns."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for v in obj.values():
+            found += _weights_identity(v)
+    elif isinstance(obj, str) and os.path.isfile(obj):
+        found.append(f"{obj}={fsio.fingerprint_of(obj)}")
+    return found
+
+
+def model_identity(wf: Any, subset: str) -> dict:
+    """Everything about the models that changes a score of `subset` (the fingerprint input).
+    Device, precision and batch size are left out: they change scores by rounding at most."""
+    ident = {"clip": _dump(clip_config_for(wf, subset)), **{k: _dump(v) for k, v in _head_configs(wf).items()}}
+    ident["files"] = _weights_identity(ident)
+    return ident
+
+
+@dataclass
+class ScoreModels:
+    """The models one subset is scored with, on one device.
+
+    `clips[0]` is the similarity CLIP; the NSFW and aesthetic heads read the image embedding of
+    the CLIP their own config names (LAION-5B: ViT-L/14 for both, ViT-B/32 for similarity), which
+    is `clips[nsfw_clip]` / `clips[aesthetic_clip]`: a CLIP named twice is run once per image."""
+
+    clips: list[Any]
+    nsfw: Any | None = None
+    nsfw_clip: int = 0
+    aesthetic: Any | None = None
+    aesthetic_clip: int = 0
+    watermark: Any | None = None
+    device: str = "cpu"
+
+    def preprocessors(self) -> list[Callable[[Image.Image], torch.Tensor]]:
+        """What a decode thread applies to each image: one tensor per CLIP, then the watermark's."""
+        pre = [c.preprocess for c in self.clips]
+        if self.watermark is not None:
+            pre.append(self.watermark.preprocess)
+        return pre
+
+    def to_device(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.stack(tensors)
+        if self.device.startswith("cuda"):  # pinned: the copy overlaps with the previous batch's compute
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    def encode_texts(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        return self.clips[0].encode_texts(texts, batch_size=batch_size)
+
+    def score_images(self, tensors: list[tuple[torch.Tensor, ...]], text_emb: torch.Tensor) -> dict[str, Any]:
+        """One batch: image embeddings, their cosine with their captions' embeddings, the heads."""
+        n = len(tensors)
+        with torch.inference_mode():
+            embs = [clip.encode_images(self.to_device([t[i] for t in tensors])) for i, clip in enumerate(self.clips)]
+            out: dict[str, Any] = {
+                "embedding": embs[0],
+                "similarity": np.asarray(self.clips[0].similarity(embs[0], text_emb), dtype=np.float32),
+                "punsafe": _head(self.nsfw, embs[self.nsfw_clip], n),
+                "aesthetic": _head(self.aesthetic, embs[self.aesthetic_clip], n),
+                "pwatermark": np.full(n, np.nan, np.float32),
+            }
+            if self.watermark is not None:
+                wm = self.to_device([t[len(self.clips)] for t in tensors])
+                out["pwatermark"] = np.asarray(_cpu(self.watermark.score(wm)), dtype=np.float32).reshape(n)
+        return out
+
+
+def _cpu(x: Any) -> Any:
+    return x.float().cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _head(head: Any | None, emb: torch.Tensor, n: int) -> np.ndarray:
+    if head is None:
+        return np.full(n, np.nan, np.float32)
+    return np.asarray(_cpu(head.score(emb)), dtype=np.float32).reshape(n)
+
+
+_MODELS: dict[str, ScoreModels] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_models(wf: Any, subset: str, device: str | None = None) -> ScoreModels:
+    """The models for `subset`, loaded once per worker process per (configuration, device):
+    loading a CLIP takes longer than scoring a shard on a GPU."""
+    from ..models.aesthetic import load_aesthetic
+    from ..models.clip import cached_clip
+    from ..models.devices import resolve_device
+    from ..models.nsfw import load_nsfw
+    from ..models.watermark import load_watermark
+
+    device = resolve_device(device or wf.score.device)
+    precision = None if wf.score.precision == "auto" else wf.score.precision
+    heads = _head_configs(wf)
+    cache_key = runner.fingerprint(_dump(clip_config_for(wf, subset)), {k: _dump(v) for k, v in heads.items()}, device, precision)
+    with _MODELS_LOCK:  # two tasks on one worker must not load the same models twice
+        if cache_key in _MODELS:
+            return _MODELS[cache_key]
+        clip_cfgs = [clip_config_for(wf, subset)]
+
+        def clip_index(cfg: Any) -> int:
+            for i, c in enumerate(clip_cfgs):
+                if _dump(c) == _dump(cfg):
+                    return i
+            clip_cfgs.append(cfg)
+            return len(clip_cfgs) - 1
+
+        m = ScoreModels(clips=[], device=device)
+        if heads["nsfw"] is not None:
+            m.nsfw_clip = clip_index(heads["nsfw"].clip)
+        if heads["aesthetic"] is not None:
+            m.aesthetic_clip = clip_index(heads["aesthetic"].clip)
+        m.clips = [cached_clip(c, device, precision) for c in clip_cfgs]
+        if heads["nsfw"] is not None:
+            m.nsfw = load_nsfw(heads["nsfw"], m.clips[m.nsfw_clip])
+        if heads["aesthetic"] is not None:
+            m.aesthetic = load_aesthetic(heads["aesthetic"], m.clips[m.aesthetic_clip])
+        if heads["watermark"] is not None:
+            m.watermark = load_watermark(heads["watermark"], device)
+        _MODELS[cache_key] = m
+        return m
+
+
+# --- plan / run -----------------------------------------------------------------------------------
+
+
+def resources(wf: Any) -> dict[str, float] | None:
+    """Dask resources each score task asks for: {"GPU": 1} when `score.request_gpu` says so, or
+    by default when the cluster section declares GPUs on its workers."""
+    want = wf.score.request_gpu
+    if want is None:
+        c = wf.cluster
+        declared = {
+            "local": c.gpus_per_worker,
+            "slurm": c.jobqueue.gpus_per_job,
+            "pbs": c.jobqueue.gpus_per_job,
+            "kubernetes": c.kubernetes.gpus_per_worker,
+        }.get(c.kind, 0)
+        want = declared > 0
+    return {"GPU": 1} if want else None
+
+
+def shard_paths(out: str, subset: str, shard: str) -> dict[str, str]:
+    root = STAGE_DIRS["score"]
+    emb = f"{root}/{subset}/embeddings"
+    return {
+        "scores": f"{root}/{subset}/{shard}.parquet",
+        "img_emb": f"{emb}/img_emb/img_emb_{shard}.npy",
+        "text_emb": f"{emb}/text_emb/text_emb_{shard}.npy",
+        "metadata": f"{emb}/metadata/metadata_{shard}.parquet",
+    }
+
+
+def plan(out: str, wf: Any) -> list[Partition]:
+    """One partition per download tar, keyed `{subset}-{shard}`."""
+    parts = []
+    for subset in SUBSETS:
+        ident = model_identity(wf, subset)
+        for tar in fsio.glob(fsio.join(out, STAGE_DIRS["download"], subset, "*.tar")):
+            shard = tar.rpartition("/")[2][: -len(".tar")]
+            meta = tar[: -len(".tar")] + ".parquet"
+            inputs = (tar, meta)
+            ids = [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in inputs]
+            fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings)
+            parts.append(Partition(key=f"{subset}-{shard}", inputs=inputs, fingerprint=fp, params=(("subset", subset), ("shard", shard))))
+    return parts
+
+
+def run(out: str, wf: Any, client: Any, force: bool = False) -> StageReport:
+    return runner.run_stage(NAME, plan(out, wf), process, out, wf, client, resources=resources(wf), force=force)
+
+
+# --- one shard ------------------------------------------------------------------------------------
+
+
+def _decode(data: bytes, preprocessors: list[Callable[[Image.Image], torch.Tensor]]) -> tuple[torch.Tensor, ...]:
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = im.convert("RGB")  # forces the full decode: a truncated file fails here
+    return tuple(p(rgb) for p in preprocessors)
+
+
+def iter_tar_samples(tar_path: str) -> Iterator[dict]:
+    """Samples of an img2dataset tar (dicts of extension -> bytes, plus `__key__`), streamed."""
+    fs, p = fsio.fs_and_path(tar_path)
+    with fs.open(p, "rb") as f:
+        files = ({**m, "__url__": tar_path} for m in tar_file_iterator(f))
+        yield from group_by_keys(files)
+
+
+_END = object()
+
+
+class _Prefetcher:
+    """Reads a tar in a thread and decodes its images in a pool, `depth` images ahead of the
+    consumer; yields (key, Future | None, error) in tar order."""
+
+    def __init__(self, tar_path: str, wanted: set[str], preprocessors: list, threads: int, depth: int) -> None:
+        self.tar_path, self.wanted, self.pre = tar_path, wanted, preprocessors
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score-decode")
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.reader = threading.Thread(target=self._read, name="score-read", daemon=True)
+        self.reader.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            for sample in iter_tar_samples(self.tar_path):
+                key = sample["__key__"]
+                if key not in self.wanted:
+                    item = (key, None, "not a downloaded row of the shard's parquet")
+                else:
+                    data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+                    if data is None:
+                        item = (key, None, f"no image member ({', '.join(IMAGE_EXTS)})")
+                    else:
+                        item = (key, self.pool.submit(_decode, data, self.pre), None)
+                if not self._put(item):
+                    return
+        except Exception as e:  # a truncated or corrupt tar: what was read so far still counts
+            self._put((None, None, f"tar unreadable: {type(e).__name__}: {e}"))
+        finally:
+            self._put(_END)
+
+    def __iter__(self) -> Iterator[tuple[str | None, Future | None, str | None]]:
+        while True:
+            item = self.q.get()
+            if item is _END:
+                return
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.reader.join(timeout=10)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_downloaded(meta_path: str) -> pa.Table:
+    fs, p = fsio.fs_and_path(meta_path)
+    with fs.open(p, "rb") as f:
+        t = pq.read_table(f, columns=["key", "status", "uid", "text", "url"])
+    return t.filter(pc.equal(t["status"], "success"))
+
+
+def process(part: Partition, out: str, wf: Any) -> Outcome:
+    subset, shard = part.param("subset"), part.param("shard")
+    tar_path, meta_path = part.inputs
+    outcome = Outcome(max_errors=wf.runner.max_errors_kept)
+    paths = shard_paths(out, subset, shard)
+
+    rows = _read_downloaded(meta_path)
+    keys: list[str] = rows["key"].to_pylist()
+    uids: list[str] = rows["uid"].to_pylist()
+    texts: list[str] = [t or "" for t in rows["text"].to_pylist()]
+    index = {k: i for i, k in enumerate(keys)}
+    n = len(keys)
+    outcome.counts["rows"] = n
+
+    scores = {c: np.full(n, np.nan, np.float32) for c in SCORE_COLUMNS}
+    status = [STATUS_ERROR] * n
+    errors: list[str | None] = ["image missing from the tar"] * n
+    emb_rows: list[int] = []
+    emb_parts: list[np.ndarray] = []
+
+    if n:
+        models = load_models(wf, subset)
+        unique_texts = list(dict.fromkeys(texts))
+        text_index = {t: i for i, t in enumerate(unique_texts)}
+        text_row = np.array([text_index[t] for t in texts], dtype=np.int64)
+        outcome.counts["unique_captions"] = len(unique_texts)
+        bs = wf.score.batch_size
+        threads = wf.score.decode_threads or min(8, os.cpu_count() or 1)
+        pre = _Prefetcher(tar_path, set(keys), models.preprocessors(), threads, depth=bs * wf.score.prefetch_batches)
+        try:
+            # the text tower runs while the reader and decoders fill the queue
+            text_emb = models.encode_texts(unique_texts, bs)
+            batch: list[tuple[torch.Tensor, ...]] = []
+            batch_rows: list[int] = []
+            seen: set[str] = set()
+
+            def flush() -> None:
+                if not batch:
+                    return
+                res = models.score_images(batch, text_emb[torch.as_tensor(text_row[batch_rows])])
+                for c in SCORE_COLUMNS:
+                    scores[c][batch_rows] = res[c]
+                for r in batch_rows:
+                    status[r], errors[r] = STATUS_OK, None
+                if wf.score.save_embeddings:
+                    emb_rows.extend(batch_rows)
+                    emb_parts.append(res["embedding"].cpu().numpy().astype(np.float16))
+                outcome.counts["images_scored"] += len(batch)
+                batch.clear()
+                batch_rows.clear()
+
+            for offset, (key, fut, err) in enumerate(pre):
+                if key is None:  # the tar broke off: the rows not seen keep "missing" errors
+                    outcome.error("tar_unreadable", err or "", offset)
+                    continue
+                if key not in index:
+                    outcome.error("unexpected_member", f"{key}: {err}", offset)
+                    continue
+                r = index[key]
+                if key in seen:
+                    outcome.error("duplicate_key", key, offset)
+                    continue
+                seen.add(key)
+                try:
+                    if fut is None:
+                        raise ValueError(err)
+                    tensors = fut.result()
+                except Exception as e:
+                    errors[r] = f"{type(e).__name__}: {e}"[:500]
+                    outcome.error("decode_error", f"{key}: {errors[r]}", offset)
+                    continue
+                batch.append(tensors)
+                batch_rows.append(r)
+                if len(batch) >= bs:
+                    flush()
+            flush()
+        finally:
+            pre.close()
+
+    n_err = status.count(STATUS_ERROR)
+    outcome.drop("score_error", subset, n_err)
+    outcome.kept[subset] += n - n_err
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.string()),
+            "uid": pa.array(uids, pa.string()),
+            **{c: pa.array(scores[c], pa.float32()) for c in SCORE_COLUMNS},
+            "status": pa.array(status, pa.string()),
+            "error_message": pa.array(errors, pa.string()),
+        },
+        schema=SCORE_SCHEMA,
+    )
+    fsio.write_parquet_atomic(table, fsio.join(out, paths["scores"]))
+    outcome.outputs.append(paths["scores"])
+    if wf.score.save_embeddings:
+        _write_embeddings(out, paths, rows, emb_rows, emb_parts, text_emb if n else None, text_row if n else None)
+        outcome.outputs += [paths["img_emb"], paths["text_emb"], paths["metadata"]]
+    return outcome
+
+
+def _write_npy(path: str, arr: np.ndarray) -> None:
+    with fsio.atomic_open(path) as f:
+        np.save(f, arr)
+
+
+def _write_embeddings(out, paths, rows, emb_rows, emb_parts, text_emb, text_row) -> None:
+    """clip-retrieval's layout: row i of img_emb, text_emb and metadata are the same pair."""
+    order = np.asarray(emb_rows, dtype=np.int64)
+    dim = emb_parts[0].shape[1] if emb_parts else (text_emb.shape[1] if text_emb is not None else 0)
+    img = np.concatenate(emb_parts) if emb_parts else np.zeros((0, dim), np.float16)
+    txt = (
+        text_emb[torch.as_tensor(text_row[order])].cpu().numpy().astype(np.float16)
+        if text_emb is not None and len(order)
+        else np.zeros((0, dim), np.float16)
+    )
+    meta = rows.take(pa.array(order)).select(["key", "uid", "url", "text"]).rename_columns(["key", "uid", "url", "caption"])
+    _write_npy(fsio.join(out, paths["img_emb"]), img)
+    _write_npy(fsio.join(out, paths["text_emb"]), txt)
+    fsio.write_parquet_atomic(meta, fsio.join(out, paths["metadata"]))
