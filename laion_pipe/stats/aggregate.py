@@ -1,0 +1,225 @@
+"""Which parquet files make which table row, and the Dask aggregations over them.
+
+Two kinds of input:
+- a run directory: rows `en`, `multi`, `nolang` from `dataset/{subset}/*.parquet` plus their
+  total; any other folder of `dataset/` (a recipe such as `laion2B-en`) gets its own row outside
+  the total, so no pair is counted twice; the funnel comes from `_state/`.
+- parquet files, folders of them, or globs in LAION-5B's published schema (URL, TEXT, WIDTH,
+  HEIGHT, similarity, punsafe, pwatermark[, LANGUAGE]): one row, labelled by the caller.
+
+All sources are aggregated in one `client.compute` call, so Dask reads each file once per
+aggregation graph and only sums (a few hundred integers per subset) and top-N lists come back.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import dask.dataframe as dd
+import pyarrow.parquet as pq
+
+from .. import fsio
+from ..schema import SUBSETS
+from .funnel import compute_funnel
+from .model import TOTAL, Counts, Histogram, StatsResult, SubsetStats
+from .partials import COUNT_FIELDS, Spec, domains, partial_counts
+
+DATASET_DIR = "dataset"
+REQUIRED_COLUMNS: tuple[str, ...] = ("TEXT", "WIDTH", "HEIGHT")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("URL", "similarity", "punsafe", "pwatermark", "LANGUAGE")
+LANGUAGE_CAP = 1000
+"""Languages kept per subset before the top-N cut: lid.176 knows 176, so the total row's
+language counts (sums of the subsets' lists) are exact."""
+
+DOMAIN_PARTITIONS_PER_SPLIT = 64
+"""Input partitions per output partition of the domain counts (see _top_domains)."""
+
+
+class StatsInputError(ValueError):
+    """The input cannot be read as metadata: no files, or a missing column (message says which)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The parquet files of one table row. `in_total`: part of the total row (language subsets)."""
+
+    label: str
+    paths: tuple[str, ...]
+    in_total: bool = True
+
+
+def is_run_dir(path: str) -> bool:
+    """A run directory has the select stage's `dataset/` folder or the runner's `_state/`."""
+    fs, p = fsio.fs_and_path(path)
+    return fs.isdir(p) and (fs.isdir(f"{p.rstrip('/')}/{DATASET_DIR}") or fs.isdir(f"{p.rstrip('/')}/_state"))
+
+
+def _parquet_in(folder: str) -> tuple[str, ...]:
+    return tuple(fsio.glob(fsio.join(folder, "*.parquet")))
+
+
+def run_dir_sources(run_dir: str) -> list[Source]:
+    """en / multi / nolang (always, empty when absent), then the other folders of dataset/."""
+    root = fsio.join(run_dir, DATASET_DIR)
+    sources = [Source(s, _parquet_in(fsio.join(root, s))) for s in SUBSETS]
+    fs, p = fsio.fs_and_path(root)
+    if fs.isdir(p):
+        for entry in sorted(fs.ls(p, detail=True), key=lambda e: e["name"]):
+            name = entry["name"].rstrip("/").rpartition("/")[2]
+            if entry["type"] == "directory" and name not in SUBSETS and not name.startswith((".", "_")):
+                files = _parquet_in(fsio.join(root, name))
+                if files:
+                    sources.append(Source(name, files, in_total=False))
+    return sources
+
+
+def file_sources(paths: Sequence[str], label: str) -> list[Source]:
+    """Parquet files, folders of parquet files, or globs: one source named `label`."""
+    files: list[str] = []
+    for path in paths:
+        if any(ch in path for ch in "*?["):
+            found = [f for f in fsio.glob(path) if f.endswith(".parquet")] or fsio.glob(path)
+        else:
+            fs, p = fsio.fs_and_path(path)
+            if fs.isdir(p):
+                found = list(_parquet_in(path))
+            elif fs.exists(p):
+                found = [path]
+            else:
+                raise StatsInputError(f"{path}: no such file or directory")
+        if not found:
+            raise StatsInputError(f"{path}: no parquet files")
+        files += found
+    return [Source(label, tuple(dict.fromkeys(files)))]
+
+
+def _columns(source: Source) -> list[str]:
+    """The columns the statistics read from this source's files (its first file's schema)."""
+    fs, p = fsio.fs_and_path(source.paths[0])
+    with fs.open(p, "rb") as f:
+        names = pq.read_schema(f).names
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
+    if missing:
+        raise StatsInputError(
+            f"{source.paths[0]}: missing column(s) {', '.join(missing)}; the statistics need LAION-5B's "
+            f"metadata columns {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)} (the last five optional)"
+        )
+    return [c for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS if c in names]
+
+
+def _frame(source: Source, swap_wh: bool) -> dd.DataFrame:
+    ddf = dd.read_parquet(list(source.paths), columns=_columns(source))
+    if swap_wh:  # LAION's legacy metadata files have WIDTH and HEIGHT the wrong way round
+        ddf = ddf.rename(columns={"WIDTH": "HEIGHT", "HEIGHT": "WIDTH"})
+    return ddf
+
+
+def _empty(label: str, spec: Spec) -> SubsetStats:
+    hists = {name: Histogram(list(edges), [0] * (len(edges) - 1)) for name, edges in spec.edges}
+    return SubsetStats(subset=label, counts=Counts(), histograms=hists)
+
+
+def _from_sums(label: str, sums, spec: Spec, nfiles: int) -> SubsetStats:
+    counts = Counts(**{k: int(sums[k]) for k in COUNT_FIELDS})
+    hists = {
+        name: Histogram(list(edges), [int(sums[f"{name}_{i}"]) for i in range(len(edges) - 1)])
+        for name, edges in spec.edges
+    }
+    return SubsetStats(subset=label, counts=counts, histograms=hists, files=nfiles)
+
+
+def _top_domains(hosts: dd.Series, n: int) -> dd.Series:
+    """The n most frequent domains. Counting is a tree reduction while the data is small; with
+    many partitions (and so possibly tens of millions of distinct domains, too many for one
+    worker) the counts are spread over several output partitions by a shuffle first."""
+    split_out = max(1, hosts.npartitions // DOMAIN_PARTITIONS_PER_SPLIT)
+    return hosts.dropna().value_counts(split_out=split_out).nlargest(n)
+
+
+def _top(series) -> list[tuple[str, int]]:
+    """(value, count) pairs, most frequent first, ties by value (deterministic output)."""
+    pairs = [(str(k), int(v)) for k, v in series.items()]
+    return sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
+
+
+def _merge_top(lists: list[list[tuple[str, int]]], n: int) -> list[tuple[str, int]]:
+    c: Counter = Counter()
+    for lst in lists:
+        c.update(dict(lst))
+    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def compute(
+    paths_or_run_dir: str | Sequence[str],
+    cfg,
+    client,
+    subset_label: str | None = None,
+    swap_wh: bool = False,
+) -> StatsResult:
+    """The statistics of a run directory or of LAION-schema parquet files (see module docstring).
+
+    `cfg` is a StatsConfig; `client` a distributed Client that runs every aggregation.
+    `subset_label` names the row of parquet inputs (default "all"); `swap_wh` swaps WIDTH and
+    HEIGHT as read (LAION's legacy files): the table is symmetric in them, the size histograms not.
+    """
+    spec = Spec.from_config(cfg)
+    paths = [paths_or_run_dir] if isinstance(paths_or_run_dir, str) else list(paths_or_run_dir)
+    run_dir = paths[0] if len(paths) == 1 and is_run_dir(paths[0]) else None
+    if run_dir is not None:
+        sources = run_dir_sources(run_dir)
+    else:
+        sources = file_sources(paths, subset_label or "all")
+
+    frames = {s.label: _frame(s, swap_wh) for s in sources if s.paths}
+    wanted: list = []  # (what, label, dask collection)
+    for label, ddf in frames.items():
+        wanted.append(("sums", label, ddf.map_partitions(partial_counts, spec, meta=spec.meta()).sum()))
+        if "LANGUAGE" in ddf.columns:
+            # Few distinct values: a tree reduction into one partition, no shuffle.
+            langs = ddf["LANGUAGE"].dropna().value_counts(split_out=1).nlargest(LANGUAGE_CAP)
+            wanted.append(("languages", label, langs))
+        if "URL" in ddf.columns:
+            wanted.append(("domains", label, _top_domains(domains(ddf["URL"]), cfg.top_n)))
+    totalled = [s for s in sources if s.in_total and s.label in frames and "URL" in frames[s.label].columns]
+    make_total = run_dir is not None
+    if make_total and totalled:
+        urls = dd.concat([domains(frames[s.label]["URL"]) for s in totalled])
+        wanted.append(("domains", TOTAL, _top_domains(urls, cfg.top_n)))
+
+    results = client.gather(client.compute([w[2] for w in wanted])) if wanted else []
+    got: dict[tuple[str, str], object] = {(w[0], w[1]): r for w, r in zip(wanted, results)}
+
+    stats: dict[str, SubsetStats] = {}
+    for s in sources:
+        if ("sums", s.label) in got:
+            st = _from_sums(s.label, got[("sums", s.label)], spec, len(s.paths))
+        else:
+            st = _empty(s.label, spec)
+        st.languages = _top(got[("languages", s.label)]) if ("languages", s.label) in got else []
+        st.domains = _top(got[("domains", s.label)]) if ("domains", s.label) in got else []
+        stats[s.label] = st
+
+    main = [stats[s.label] for s in sources if s.in_total]
+    total = None
+    if make_total:
+        total = SubsetStats(subset=TOTAL, counts=Counts(), histograms=_empty(TOTAL, spec).histograms)
+        for st in main:
+            total.counts = total.counts + st.counts
+            total.histograms = {k: h + st.histograms[k] for k, h in total.histograms.items()}
+            total.files += st.files
+        total.languages = _merge_top([st.languages for st in main], cfg.top_n)
+        total.domains = _top(got[("domains", TOTAL)]) if ("domains", TOTAL) in got else []
+    for st in main + [stats[s.label] for s in sources if not s.in_total]:
+        st.languages = st.languages[: cfg.top_n]
+
+    return StatsResult(
+        source=str(run_dir if run_dir is not None else ", ".join(paths)),
+        subsets=main,
+        total=total,
+        others=[stats[s.label] for s in sources if not s.in_total],
+        funnel=compute_funnel(run_dir, client) if run_dir is not None else [],
+        nsfw_threshold=cfg.nsfw_threshold,
+        watermark_threshold=cfg.watermark_threshold,
+        swap_wh=swap_wh,
+    )

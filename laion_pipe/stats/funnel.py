@@ -1,0 +1,99 @@
+"""The funnel: pairs in and out of every stage, with drop reasons, per subset, from the manifests.
+
+Each done partition of a stage wrote `_state/{stage}/{key}.json` with `kept` {subset: n} and
+`drops` {subset or "*": {reason: n}} (runner.py). A big run has one manifest per partition,
+possibly hundreds of thousands on an object store, so they are read and summed by Dask tasks
+(a bag), and only the per-stage sums come back to the driver.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import dask.bag as db
+
+from .. import fsio
+from ..schema import STAGES, STATE_DIR
+from .model import FunnelStage
+
+FUNNEL_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "stats")
+_PER_TASK = 256  # manifests read by one task
+
+
+def _key(path: str) -> str:
+    return path.rpartition("/")[2][: -len(".json")]
+
+
+def _sum_manifests(items: Iterable[tuple[str, str]]) -> list[dict]:
+    """Read and sum a batch of (stage, manifest path): one dict per stage."""
+    acc: dict[str, dict] = {}
+    for stage, path in items:
+        key = _key(path)
+        try:
+            m = fsio.read_json(path)
+        except Exception:  # unreadable manifest: that partition is not done (runner's rule)
+            continue
+        if not isinstance(m, dict):
+            continue
+        a = acc.setdefault(stage, {"stage": stage, "seen": set(), "done": 0, "failed": 0, "kept": Counter(),
+                                   "drops": {}, "counts": Counter()})
+        status = m.get("status")
+        if status == "done":
+            a["done"] += 1
+            a["seen"].add(key)
+            a["kept"].update(m.get("kept") or {})
+            a["counts"].update({k: v for k, v in (m.get("counts") or {}).items() if isinstance(v, int)})
+            for subset, reasons in (m.get("drops") or {}).items():
+                a["drops"].setdefault(subset, Counter()).update(reasons)
+        elif status == "failed":
+            a["failed"] += 1
+            a["seen"].add(key)
+    return list(acc.values())
+
+
+def _planned(run_dir: str, stage: str) -> frozenset[str] | None:
+    path = fsio.join(run_dir, STATE_DIR, stage, "_plan.json")
+    if not fsio.exists(path):
+        return None
+    plan = fsio.read_json(path)
+    return frozenset(p["key"] for p in plan["partitions"])  # type: ignore[index]
+
+
+def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
+    """The funnel of a run directory: one FunnelStage per stage that has a plan or manifests."""
+    items: list[tuple[str, str]] = []
+    plans: dict[str, frozenset[str] | None] = {}
+    for stage in FUNNEL_STAGES:
+        paths = [p for p in fsio.glob(fsio.join(run_dir, STATE_DIR, stage, "*.json"))
+                 if not p.rpartition("/")[2].startswith("_")]
+        plans[stage] = planned = _planned(run_dir, stage)
+        # A manifest whose key the current plan no longer has belongs to an older plan: not counted.
+        items += [(stage, p) for p in paths if planned is None or _key(p) in planned]
+    partials: list[dict] = []
+    if items:
+        bag = db.from_sequence(items, partition_size=_PER_TASK).map_partitions(_sum_manifests)
+        partials = client.compute(bag).result()
+    out: list[FunnelStage] = []
+    for stage in FUNNEL_STAGES:
+        mine = [p for p in partials if p["stage"] == stage]
+        if not mine and plans[stage] is None:
+            continue
+        f = FunnelStage(stage=stage)
+        kept: Counter = Counter()
+        counts: Counter = Counter()
+        drops: dict[str, Counter] = {}
+        seen: set[str] = set()
+        for p in mine:
+            f.done += p["done"]
+            f.failed += p["failed"]
+            seen |= p["seen"]
+            kept.update(p["kept"])
+            counts.update(p["counts"])
+            for subset, reasons in p["drops"].items():
+                drops.setdefault(subset, Counter()).update(reasons)
+        f.pending = len((plans[stage] or frozenset()) - seen)
+        f.kept = dict(kept)
+        f.counts = dict(counts)
+        f.drops = {s: dict(sorted(r.items(), key=lambda kv: (-kv[1], kv[0]))) for s, r in drops.items()}
+        out.append(f)
+    return out
