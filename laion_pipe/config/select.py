@@ -1,14 +1,88 @@
-"""The `select:` section: thresholds and subset recipes."""
+"""The `select:` section: thresholds and subset recipes.
+
+The default recipes are LAION-5B's three language subsets (`dataset/en`, `dataset/multi`,
+`dataset/nolang`), each with its own similarity threshold. Named recipes and the shipped presets
+(`laion_pipe/recipes.py`: the data of Stable Diffusion v1's checkpoints) are each written as their
+own `dataset/{name}/` folder from the same scores, so adding one never reruns the models."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from .base import Section
 
+SubsetName = Literal["en", "multi", "nolang"]
+Bounded = Literal["similarity", "width", "height", "aesthetic"]
+
+
+class RecipeConfig(Section):
+    """One dataset folder: which subsets, and which pairs of them to keep.
+
+    Minimums keep values >= the bound (LAION kept similarity >= 0.28); maximums keep values < the
+    bound (Stable Diffusion's "pwatermark < 0.5"). A missing score (NaN, e.g. a head that is not
+    configured) never passes a bound that asks for it."""
+
+    subsets: list[SubsetName] = Field(["en", "multi", "nolang"], min_length=1, description="language subsets the recipe draws from")
+    min_similarity: float | None = Field(
+        None, description="minimum CLIP similarity; default: each subset's threshold from select.similarity (LAION-5B's own filter)"
+    )
+    min_width: int = Field(0, ge=0, description="minimum original image width in pixels")
+    min_height: int = Field(0, ge=0, description="minimum original image height in pixels")
+    min_aesthetic: float | None = Field(None, description="minimum aesthetic score (None = no bound)")
+    max_pwatermark: float | None = Field(None, ge=0, le=1, description="keep pwatermark < this (None = no bound)")
+    max_punsafe: float | None = Field(None, ge=0, le=1, description="keep punsafe < this (None = no bound)")
+    greater_than: list[Bounded] = Field(
+        [], description="minimums that must be exceeded rather than reached, e.g. [aesthetic] for 'aesthetic > 5.0'"
+    )
+    description: str = Field("", description="what the recipe is, for people reading the workflow and dataset/{name}/_recipe.json")
+
 
 class SelectConfig(Section):
-    similarity: dict[str, float] = Field({"en": 0.28, "multi": 0.26, "nolang": 0.26})
-    max_punsafe: float | None = None
-    max_pwatermark: float | None = None
-    min_side: int = Field(0, ge=0)
-    samples_per_shard: int = Field(10_000, ge=1)
+    similarity: dict[SubsetName, float] = Field(
+        {"en": 0.28, "multi": 0.26, "nolang": 0.26},
+        description="minimum CLIP similarity per subset (LAION-5B: 0.28 for EN with ViT-B/32, 0.26 for MULTI/NOLANG with mCLIP)",
+    )
+    max_punsafe: float | None = Field(None, ge=0, le=1, description="default recipes: keep punsafe < this (None = LAION-5B: no bound)")
+    max_pwatermark: float | None = Field(None, ge=0, le=1, description="default recipes: keep pwatermark < this (None = no bound)")
+    min_aesthetic: float | None = Field(None, description="default recipes: minimum aesthetic score (None = no bound)")
+    min_side: int = Field(0, ge=0, description="default recipes: minimum original width and height in pixels")
+    default_recipes: bool = Field(True, description="write the three language subsets as dataset/en, dataset/multi, dataset/nolang")
+    presets: list[str] = Field(
+        [],
+        description="shipped recipes to write too, by name: laion2B-en, laion-high-resolution, "
+        "laion-improved-aesthetics, laion-aesthetics-v2-5plus (see laion_pipe/recipes.py)",
+    )
+    recipes: dict[str, RecipeConfig] = Field({}, description="named recipes, each written as dataset/{name}/")
+    samples_per_shard: int = Field(10_000, ge=1, description="samples per output tar; shards are refilled across input shards")
+
+    @field_validator("similarity")
+    @classmethod
+    def _all_subsets(cls, v: dict[str, float]) -> dict[str, float]:
+        missing = {"en", "multi", "nolang"} - set(v)
+        if missing:
+            raise ValueError(f"needs a threshold for every subset, missing {sorted(missing)}")
+        return v
+
+    @field_validator("presets")
+    @classmethod
+    def _known_presets(cls, v: list[str]) -> list[str]:
+        from ..recipes import PRESETS  # late: recipes.py builds on this module
+
+        unknown = [p for p in v if p not in PRESETS]
+        if unknown:
+            raise ValueError(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> SelectConfig:
+        import re
+
+        names = (["en", "multi", "nolang"] if self.default_recipes else []) + list(self.presets) + list(self.recipes)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"recipe names must be unique (they name dataset folders): {dup}")
+        bad = [n for n in self.recipes if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", n)]
+        if bad:
+            raise ValueError(f"recipe names must be folder-safe (letters, digits, '.', '_', '-'): {bad}")
+        return self

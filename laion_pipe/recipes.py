@@ -1,0 +1,175 @@
+"""Subset recipes: which scored pairs go into which dataset folder, and why the others do not.
+
+A recipe is a set of bounds over the score and size columns. `select` evaluates every recipe on
+the same scores, so a new recipe or a changed bound costs a pass over parquet files and tars,
+never a model run. Each dropped pair gets exactly one reason, the first bound it fails in
+`CHECK_ORDER` (similarity first, as LAION filtered), so per-reason counts add up to the drops.
+
+The presets are the data of Stable Diffusion v1's checkpoints as its model card describes them.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from .config.select import RecipeConfig, SelectConfig
+from .schema import SUBSETS
+
+PRESETS: dict[str, RecipeConfig] = {
+    "laion2B-en": RecipeConfig(
+        subsets=["en"],
+        min_similarity=0.28,
+        description="LAION-5B's English subset: CLIP ViT-B/32 similarity >= 0.28 (Stable Diffusion v1.1, 237k steps at 256x256)",
+    ),
+    "laion-high-resolution": RecipeConfig(
+        subsets=["en", "multi", "nolang"],
+        min_width=1024,
+        min_height=1024,
+        description="LAION-5B pairs with an original size >= 1024x1024 (Stable Diffusion v1.1, 194k steps at 512x512)",
+    ),
+    "laion-improved-aesthetics": RecipeConfig(
+        subsets=["en"],
+        min_width=512,
+        min_height=512,
+        min_aesthetic=5.0,
+        greater_than=["aesthetic"],
+        max_pwatermark=0.5,
+        description="laion2B-en with original size >= 512x512, aesthetic score > 5.0 and pwatermark < 0.5 (Stable Diffusion v1.2)",
+    ),
+    "laion-aesthetics-v2-5plus": RecipeConfig(
+        subsets=["en"],
+        min_aesthetic=5.0,
+        description="laion2B-en with aesthetic score >= 5.0 (LAION-Aesthetics v2 5+: Stable Diffusion v1.3 to v1.5)",
+    ),
+}
+"""Stable Diffusion v1's training subsets. A preset leaves `min_similarity` unset where the model
+card does not name one: the subset's LAION-5B threshold then applies, since these are subsets
+of LAION-5B, whose pairs all passed it."""
+
+CHECK_ORDER: tuple[str, ...] = ("low_similarity", "side_too_small", "unsafe", "watermark", "low_aesthetic")
+"""Drop reasons in the order bounds are checked; index + 1 is the code `reasons()` returns."""
+
+KEEP = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe with every default resolved: what `select` evaluates and fingerprints."""
+
+    name: str
+    subsets: tuple[str, ...]
+    min_similarity: tuple[tuple[str, float], ...]  # per subset
+    min_width: int = 0
+    min_height: int = 0
+    min_aesthetic: float | None = None
+    max_pwatermark: float | None = None
+    max_punsafe: float | None = None
+    greater_than: tuple[str, ...] = ()
+    funnel: bool = False  # a default language-subset recipe: its drops are the pipeline's funnel
+    description: str = ""
+
+    def identity(self) -> dict:
+        """What decides which pairs the recipe keeps (the fingerprint input)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("description", "funnel")}
+        return d
+
+    def reasons(self, subset: str, cols: dict[str, np.ndarray]) -> np.ndarray:
+        """Per row: 0 = keep, else 1 + index of the first failed bound in CHECK_ORDER.
+
+        `cols` holds float arrays similarity, punsafe, pwatermark, aesthetic and int arrays
+        width, height (original size). NaN fails any bound that asks for that column."""
+        n = len(cols["similarity"])
+        code = np.zeros(n, dtype=np.int8)
+
+        def apply(fail: np.ndarray, reason: str) -> None:
+            code[(code == KEEP) & fail] = CHECK_ORDER.index(reason) + 1
+
+        strict = set(self.greater_than)
+
+        def below(values: np.ndarray, bound: float, name: str) -> np.ndarray:
+            values = np.asarray(values, dtype=np.float64)
+            ok = values > bound if name in strict else values >= bound
+            return ~ok  # NaN compares False -> fails
+
+        sim_min = dict(self.min_similarity)[subset]
+        apply(below(cols["similarity"], sim_min, "similarity"), "low_similarity")
+        if self.min_width or self.min_height or {"width", "height"} & strict:
+            small = below(cols["width"], self.min_width, "width") | below(cols["height"], self.min_height, "height")
+            apply(small, "side_too_small")
+        if self.max_punsafe is not None:
+            apply(~(np.asarray(cols["punsafe"], dtype=np.float64) < self.max_punsafe), "unsafe")
+        if self.max_pwatermark is not None:
+            apply(~(np.asarray(cols["pwatermark"], dtype=np.float64) < self.max_pwatermark), "watermark")
+        if self.min_aesthetic is not None:
+            apply(below(cols["aesthetic"], self.min_aesthetic, "aesthetic"), "low_aesthetic")
+        return code
+
+
+def count_reasons(codes: np.ndarray) -> Counter:
+    """Drop reason -> count for an array of `Recipe.reasons` codes (keeps not counted)."""
+    out: Counter = Counter()
+    values, counts = np.unique(codes[codes != KEEP], return_counts=True)
+    for v, c in zip(values.tolist(), counts.tolist()):
+        out[CHECK_ORDER[v - 1]] = c
+    return out
+
+
+def _resolve(name: str, cfg: RecipeConfig, similarity: dict[str, float], funnel: bool = False) -> Recipe:
+    subsets = tuple(s for s in SUBSETS if s in cfg.subsets)  # canonical order
+    sim = tuple((s, float(cfg.min_similarity if cfg.min_similarity is not None else similarity[s])) for s in subsets)
+    return Recipe(
+        name=name,
+        subsets=subsets,
+        min_similarity=sim,
+        min_width=cfg.min_width,
+        min_height=cfg.min_height,
+        min_aesthetic=cfg.min_aesthetic,
+        max_pwatermark=cfg.max_pwatermark,
+        max_punsafe=cfg.max_punsafe,
+        greater_than=tuple(sorted(set(cfg.greater_than))),
+        funnel=funnel,
+        description=cfg.description,
+    )
+
+
+def resolve_recipes(cfg: SelectConfig) -> list[Recipe]:
+    """Every recipe the `select:` section asks for: the language subsets (unless turned off),
+    then the presets, then the named recipes, in that order."""
+    out: list[Recipe] = []
+    if cfg.default_recipes:
+        for s in SUBSETS:
+            rc = RecipeConfig(
+                subsets=[s],
+                min_similarity=cfg.similarity[s],
+                min_width=cfg.min_side,
+                min_height=cfg.min_side,
+                min_aesthetic=cfg.min_aesthetic,
+                max_pwatermark=cfg.max_pwatermark,
+                max_punsafe=cfg.max_punsafe,
+                description=f"LAION-5B's {s} subset",
+            )
+            out.append(_resolve(s, rc, cfg.similarity, funnel=True))
+    for name in cfg.presets:
+        out.append(_resolve(name, PRESETS[name], cfg.similarity))
+    for name, rc in cfg.recipes.items():
+        out.append(_resolve(name, rc, cfg.similarity))
+    return out
+
+
+def score_columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """The arrays `Recipe.reasons` reads, from a joined scores + download table."""
+
+    def f(name: str) -> np.ndarray:
+        return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    return {
+        "similarity": f("similarity"),
+        "punsafe": f("punsafe"),
+        "pwatermark": f("pwatermark"),
+        "aesthetic": f("aesthetic"),
+        "width": f("original_width"),
+        "height": f("original_height"),
+    }

@@ -1,0 +1,336 @@
+"""The select stage: thresholds and recipes over the scores -> the final WebDataset shards.
+
+For every recipe (`laion_pipe.recipes`: the three language subsets, shipped presets, named
+recipes) the kept pairs of its subsets, in input order, are cut into output shards of
+`select.samples_per_shard`: `dataset/{recipe}/NNNNN.tar` (members `{key}.jpg/.txt/.json`, image
+bytes copied as downloaded) and `NNNNN.parquet` in DATASET_SCHEMA (LAION-5B's columns, then
+`aesthetic, key, uid, subset`). Output keys are img2dataset-style (output shard number, then the
+index within it): a recipe drawing from several subsets would otherwise repeat input keys.
+
+Planning counts the kept pairs of every input shard first (a cheap pass over two small parquet
+files per shard, spread over the cluster), so that each output shard is one Dask task reading
+just the slices of input shards it needs. A partition's fingerprint covers its recipe's bounds,
+its slices and the identities of the inputs it reads: changing a threshold reruns select only,
+and only for the recipes it touches.
+
+Drop reasons (`low_similarity, side_too_small, unsafe, watermark, low_aesthetic`, the first bound
+failed) and kept counts go to the manifests of the default language-subset recipes, which are the
+pipeline's funnel; other recipes report theirs as counts (`kept.{subset}`,
+`dropped.{subset}.{reason}`) so that the funnel does not count a pair once per recipe. Every
+recipe also gets `dataset/{name}/_recipe.json` (its bounds and totals).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import mmh3
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from .. import fsio, runner
+from ..recipes import KEEP, Recipe, count_reasons, resolve_recipes, score_columns
+from ..runner import Outcome, Partition, StageReport
+from ..schema import DATASET_SCHEMA, STAGE_DIRS, STATE_DIR, SUBSETS
+from .score import IMAGE_EXTS, STATUS_OK, iter_tar_samples
+
+NAME = "select"
+VERSION = 1
+
+DOWNLOAD_COLUMNS = ["key", "url", "text", "language", "original_width", "original_height"]
+
+
+def laion_hash(url: str, text: str) -> int:
+    """LAION-5B's `hash` column: signed 64-bit MurmurHash3 (x64 128 variant, first half) of url + text."""
+    return mmh3.hash64(url + text)[0]
+
+
+# --- input shards ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputShard:
+    subset: str
+    shard: str
+    scores: str  # scores/{subset}/NNNNN.parquet
+    meta: str  # images/{subset}/NNNNN.parquet
+    tar: str  # images/{subset}/NNNNN.tar
+
+    @property
+    def name(self) -> str:
+        return f"{self.subset}/{self.shard}"
+
+    def identity(self) -> list[str]:
+        return [fsio.fingerprint_of(p) for p in (self.scores, self.meta, self.tar)]
+
+
+def input_shards(out: str, subsets: tuple[str, ...] = SUBSETS) -> list[InputShard]:
+    """Scored shards, in subset then shard order (the order kept pairs are written in)."""
+    found = []
+    for subset in subsets:
+        for scores in fsio.glob(fsio.join(out, STAGE_DIRS["score"], subset, "*.parquet")):
+            shard = scores.rpartition("/")[2][: -len(".parquet")]
+            img = fsio.join(out, STAGE_DIRS["download"], subset, shard)
+            found.append(InputShard(subset, shard, scores, img + ".parquet", img + ".tar"))
+    return found
+
+
+def _read(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = fsio.fs_and_path(path)
+    with fs.open(p, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def scored_rows(shard: InputShard) -> pa.Table:
+    """The shard's successfully scored pairs joined with their download metadata, in score order."""
+    scores = _read(shard.scores)
+    scores = scores.filter(pc.equal(scores["status"], STATUS_OK)).drop_columns(["status", "error_message"])
+    meta = _read(shard.meta, DOWNLOAD_COLUMNS)
+    scores = scores.append_column("_order", pa.array(np.arange(scores.num_rows), pa.int64()))
+    joined = scores.join(meta, "key", join_type="left outer", use_threads=False)
+    return joined.sort_by("_order").drop_columns(["_order"])
+
+
+def shard_reasons(recipe: Recipe, shard: InputShard, table: pa.Table | None = None) -> np.ndarray:
+    table = scored_rows(shard) if table is None else table
+    return recipe.reasons(shard.subset, score_columns(table))
+
+
+def count_kept(recipes: list[Recipe], shard: InputShard) -> dict[str, int]:
+    """Kept pairs of one input shard, per recipe that draws from its subset (a planning task)."""
+    table = scored_rows(shard)
+    return {r.name: int((shard_reasons(r, shard, table) == KEEP).sum()) for r in recipes if shard.subset in r.subsets}
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+
+def _digits(samples_per_shard: int) -> int:
+    return max(4, len(str(samples_per_shard - 1)))
+
+
+def output_paths(recipe: str, index: int) -> dict[str, str]:
+    base = f"{STAGE_DIRS['select']}/{recipe}/{index:05d}"
+    return {"tar": base + ".tar", "parquet": base + ".parquet"}
+
+
+def plan_recipe(recipe: Recipe, shards: list[InputShard], kept: dict[str, int], samples_per_shard: int) -> list[Partition]:
+    """Cut the recipe's kept pairs (input order) into output shards of `samples_per_shard`.
+
+    Each output partition lists its slices (input shard, first, last kept index) and the input
+    shards whose drop counts it reports (each input shard exactly once: the partition holding its
+    first kept pair, or the one the next kept pair goes to, or the last)."""
+    mine = [s for s in shards if s.subset in recipe.subsets]
+    total = sum(kept[s.name] for s in mine)
+    n_parts = max(1, math.ceil(total / samples_per_shard))
+    slices: list[list[tuple[str, int, int]]] = [[] for _ in range(n_parts)]
+    owned: list[list[str]] = [[] for _ in range(n_parts)]
+    by_name = {s.name: s for s in mine}
+    pos = 0
+    for s in mine:
+        k = kept[s.name]
+        owned[min(pos // samples_per_shard, n_parts - 1)].append(s.name)
+        start = 0
+        while start < k:
+            part = (pos + start) // samples_per_shard
+            take = min(k - start, (part + 1) * samples_per_shard - (pos + start))
+            slices[part].append((s.name, start, start + take))
+            start += take
+        pos += k
+    parts = []
+    for i in range(n_parts):
+        names = sorted({n for n, _, _ in slices[i]} | set(owned[i]))
+        inputs = tuple(p for n in names for p in (by_name[n].scores, by_name[n].meta, by_name[n].tar))
+        fp = runner.fingerprint(
+            NAME, VERSION, recipe.identity(), samples_per_shard, slices[i], owned[i], {n: by_name[n].identity() for n in names}
+        )
+        parts.append(
+            Partition(
+                key=f"{recipe.name}-{i:05d}",
+                inputs=inputs,
+                fingerprint=fp,
+                params=(("recipe", recipe.name), ("index", i), ("slices", tuple(slices[i])), ("owned", tuple(owned[i]))),
+            )
+        )
+    return parts
+
+
+def plan(out: str, wf: Any, client: Any = None) -> list[Partition]:
+    """All output partitions of all recipes. With a Dask client the per-shard counting runs on
+    the cluster; without one (e.g. `status`) it runs here."""
+    recipes = resolve_recipes(wf.select)
+    shards = input_shards(out)
+    if client is not None and shards:
+        futures = client.map(count_kept, [recipes] * len(shards), shards, pure=False)
+        counts = client.gather(futures)
+    else:
+        counts = [count_kept(recipes, s) for s in shards]
+    parts = []
+    for r in recipes:
+        kept = {s.name: c.get(r.name, 0) for s, c in zip(shards, counts)}
+        parts += plan_recipe(r, shards, kept, wf.select.samples_per_shard)
+    return parts
+
+
+def _remove_stale(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
+    """Output shards and manifests of a recipe beyond its new shard count (a raised threshold
+    keeps fewer pairs) would otherwise stay next to the new ones and be read as part of it."""
+    keep = {p.key for p in parts}
+    for r in recipes:
+        pat = re.compile(rf"^{re.escape(r.name)}-(\d{{5}})\.json$")
+        for path in fsio.glob(fsio.join(out, STATE_DIR, NAME, f"{r.name}-*.json")):
+            m = pat.match(path.rpartition("/")[2])
+            if m and f"{r.name}-{m.group(1)}" not in keep:
+                for rel in output_paths(r.name, int(m.group(1))).values():
+                    if fsio.exists(fsio.join(out, rel)):
+                        _rm(fsio.join(out, rel))
+                _rm(path)
+        n = sum(1 for p in parts if p.param("recipe") == r.name)
+        for path in fsio.glob(fsio.join(out, STAGE_DIRS["select"], r.name, "[0-9]*.*")):
+            m = re.match(r"^(\d{5})\.(tar|parquet)$", path.rpartition("/")[2])
+            if m and int(m.group(1)) >= n:
+                _rm(path)
+
+
+def _rm(path: str) -> None:
+    fs, p = fsio.fs_and_path(path)
+    fs.rm(p)
+
+
+def run(out: str, wf: Any, client: Any, force: bool = False) -> StageReport:
+    recipes = resolve_recipes(wf.select)
+    parts = plan(out, wf, client)
+    _remove_stale(out, recipes, parts)
+    report = runner.run_stage(NAME, parts, process, out, wf, client, force=force)
+    _write_recipe_summaries(out, recipes, parts)
+    return report
+
+
+def _write_recipe_summaries(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
+    for r in recipes:
+        totals: Counter = Counter()
+        shards = 0
+        for p in parts:
+            if p.param("recipe") != r.name:
+                continue
+            m = runner.read_manifest(out, NAME, p.key) or {}
+            if m.get("status") == "done":
+                totals.update(m.get("counts", {}))
+                shards += bool(p.param("slices"))
+        fsio.write_json_atomic(
+            fsio.join(out, STAGE_DIRS["select"], r.name, "_recipe.json"),
+            {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": shards, "counts": dict(totals)},
+        )
+
+
+# --- one output shard -----------------------------------------------------------------------------
+
+
+def _parse_shard(name: str, out: str) -> InputShard:
+    subset, shard = name.split("/")
+    img = fsio.join(out, STAGE_DIRS["download"], subset, shard)
+    return InputShard(subset, shard, fsio.join(out, STAGE_DIRS["score"], subset, shard + ".parquet"), img + ".parquet", img + ".tar")
+
+
+def _wanted_rows(table: pa.Table, codes: np.ndarray, start: int, stop: int) -> pa.Table:
+    kept_idx = np.flatnonzero(codes == KEEP)[start:stop]
+    return table.take(pa.array(kept_idx, pa.int64()))
+
+
+def _images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
+    """(key, extension, image bytes) for the wanted keys, in tar order; the tar is streamed."""
+    left = set(keys)
+    for sample in iter_tar_samples(tar):
+        key = sample["__key__"]
+        if key in left:
+            ext = next((e for e in IMAGE_EXTS if e in sample), None)
+            if ext is not None:
+                left.discard(key)
+                yield key, ext, sample[ext]
+            if not left:
+                return
+
+
+def _dataset_row(row: dict, subset: str, key: str) -> dict:
+    url, text = row["url"] or "", row["text"] or ""
+    return {
+        "URL": url,
+        "TEXT": text,
+        "WIDTH": row["original_width"],
+        "HEIGHT": row["original_height"],
+        "similarity": row["similarity"],
+        "hash": laion_hash(url, text),
+        "punsafe": row["punsafe"],
+        "pwatermark": row["pwatermark"],
+        "LANGUAGE": row["language"],
+        "aesthetic": row["aesthetic"],
+        "key": key,
+        "uid": row["uid"],
+        "subset": subset,
+    }
+
+
+def _json_safe(row: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np.ndarray], index: int, first: int,
+                digits: int, recipe: Recipe, outcome: Outcome, out: str) -> list[dict]:
+    """Write kept pairs [start, stop) of one input shard into the output tar; their rows."""
+    subset = name.split("/")[0]
+    table, codes = scored
+    by_key = {r["key"]: r for r in _wanted_rows(table, codes, start, stop).to_pylist()}
+    rows: list[dict] = []
+    for in_key, ext, data in _images(_parse_shard(name, out).tar, set(by_key)):
+        key = f"{index:05d}{first + len(rows):0{digits}d}"
+        row = _dataset_row(by_key.pop(in_key), subset, key)
+        tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": orjson.dumps(_json_safe(row))})
+        rows.append(row)
+    if recipe.funnel:
+        outcome.kept[subset] += len(rows)
+    outcome.counts[f"kept.{subset}"] += len(rows)
+    for missing in sorted(by_key):
+        outcome.error("missing_image", f"{name}: {missing} scored but not in the tar")
+    return rows
+
+
+def process(part: Partition, out: str, wf: Any) -> Outcome:
+    recipe = next(r for r in resolve_recipes(wf.select) if r.name == part.param("recipe"))
+    index: int = part.param("index")
+    outcome = Outcome(max_errors=wf.runner.max_errors_kept)
+    digits = _digits(wf.select.samples_per_shard)
+    paths = output_paths(recipe.name, index)
+
+    needed = {n for n, _, _ in part.param("slices")} | set(part.param("owned"))
+    tables: dict[str, tuple[pa.Table, np.ndarray]] = {}
+    for name in sorted(needed):
+        shard = _parse_shard(name, out)
+        table = scored_rows(shard)
+        tables[name] = (table, shard_reasons(recipe, shard, table))
+
+    # drops and keeps of the input shards this partition reports
+    for name in part.param("owned"):
+        subset = name.split("/")[0]
+        _, codes = tables[name]
+        for reason, n in count_reasons(codes).items():
+            if recipe.funnel:
+                outcome.drop(reason, subset, n)
+            outcome.counts[f"dropped.{subset}.{reason}"] += n
+
+    rows: list[dict] = []
+    if part.param("slices"):
+        with fsio.atomic_open(fsio.join(out, paths["tar"])) as f, wds.TarWriter(f, encoder=False) as tw:
+            for name, start, stop in part.param("slices"):
+                rows += _copy_slice(tw, name, start, stop, tables[name], index, len(rows), digits, recipe, outcome, out)
+        fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA), fsio.join(out, paths["parquet"]))
+        outcome.outputs += [paths["tar"], paths["parquet"]]
+    outcome.counts["samples"] = len(rows)
+    return outcome
