@@ -344,6 +344,17 @@ def test_curated_glob_matching_nothing_is_an_error(tmp_path, dask_client):
         dedup.run(str(out), wf_of(already_curated=[str(tmp_path / "nope-*.parquet")]), dask_client)
 
 
+def test_missing_or_malformed_blocklist_fails_before_any_work(tmp_path, dask_client):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [row("1", "http://ok.com/a.jpg")])
+    with pytest.raises(FileNotFoundError, match="dedup.blocked_domains: .*nope.txt"):
+        dedup.run(str(out), wf_of(blocked_domains=[str(tmp_path / "nope.txt")]), dask_client)
+    (tmp_path / "h.txt").write_text("not-a-hash\n")
+    with pytest.raises(ValueError, match="h.txt:1"):
+        dedup.run(str(out), wf_of(blocked_url_hashes=[str(tmp_path / "h.txt")]), dask_client)
+    assert not (out / "_state").exists()
+
+
 def test_no_candidates_is_an_empty_result(tmp_path, dask_client):
     rep = dedup.run(str(tmp_path / "run"), wf_of(), dask_client)
     assert rep.complete and rep.planned == 0 and not (tmp_path / "run" / "unique").exists()
@@ -388,3 +399,15 @@ def test_real_crawl_images_dedup_like_python(cc_samples, tmp_path, dask_client):
     rep = dedup.run(str(out), wf_of(rows_per_part=100, n_buckets=5), dask_client)
     assert unique_rows(out) == ref
     assert sum(c["duplicate_url"] for c in rep.drops.values()) == len(rows) - sum(map(len, ref.values()))
+
+
+def test_read_rows_reads_only_the_row_groups_needed(tmp_path, monkeypatch):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": list(range(10))}), path, row_group_size=3)
+    asked = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", lambda self, g, **kw: asked.append(list(g)) or real(self, g, **kw))
+    for start, stop, groups in [(0, 3, [0]), (2, 7, [0, 1, 2]), (3, 6, [1]), (9, 10, [3]), (4, 4, [])]:
+        asked.clear()
+        assert dedup._read_rows(str(path), start, stop)["x"].to_pylist() == list(range(start, stop))
+        assert asked == ([groups] if groups else [])

@@ -120,7 +120,7 @@ def _read_rows(path: str, start: int, stop: int) -> pa.Table:
     with fs.open(p, "rb") as f:
         pf = pq.ParquetFile(f)
         groups, first, pos = [], None, 0
-        for i in range(pf.metadata.num_row_groups):
+        for i in range(pf.metadata.num_row_groups if stop > start else 0):
             n = pf.metadata.row_group(i).num_rows
             if pos + n > start and pos < stop:
                 groups.append(i)
@@ -221,8 +221,21 @@ def curated_files(wf) -> list[str]:
     return sorted(set(found))
 
 
-def _identities(paths: list[str]) -> tuple[tuple[str, str], ...]:
-    return tuple((p, fsio.fingerprint_of(p)) for p in paths)
+def blocklist_identities(wf) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """((path, identity), ...) of the domain lists and of the URL-hash lists. Loads them once
+    here, so a missing file or a malformed line is an error before any work starts."""
+    found = []
+    for field, loader in (("blocked_domains", blocklists.load_domains), ("blocked_url_hashes", blocklists.load_url_hashes)):
+        ids = []
+        for path in getattr(wf.dedup, field):
+            try:
+                ids.append((path, fsio.fingerprint_of(path)))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"dedup.{field}: {path!r} not found") from None
+        if ids:
+            loader([p for p, _ in ids], [i for _, i in ids])
+        found.append(tuple(ids))
+    return found[0], found[1]
 
 
 def _group_key(out: str, kind: str, first: str) -> str:
@@ -237,6 +250,7 @@ def _group_key(out: str, kind: str, first: str) -> str:
 def plan_buckets(out: str, wf) -> tuple[list[Partition], int]:
     """Phase 1 partitions (groups of candidate / curated files) and the number of buckets."""
     cfg = wf.dedup
+    blocklist_identities(wf)  # fail early on a bad list
     cands = _file_infos(candidate_files(out))
     curated = _file_infos(curated_files(wf))
     total = sum(f[2] for f in cands) + sum(f[2] for f in curated)
@@ -285,8 +299,7 @@ def plan_reduce(out: str, wf, bucket_parts: list[Partition], n_buckets: int) -> 
         for rel in manifests[part.key]["outputs"]:
             target.setdefault(_bucket_of_output(rel), []).append(rel)
     upstream = [(p.key, p.fingerprint) for p in bucket_parts]
-    domains = _identities(list(cfg.blocked_domains))
-    hashes = _identities(list(cfg.blocked_url_hashes))
+    domains, hashes = blocklist_identities(wf)
     parts = []
     for b in range(n_buckets):
         if b not in cand:
@@ -363,7 +376,7 @@ def plan(out: str, wf) -> list[Partition]:
 def _write_buckets(chunks: list[pa.Table], part: Partition, flush: int, out: str, outcome: Outcome) -> None:
     if not chunks:
         return
-    t = pa.concat_tables(chunks)
+    t = pa.concat_tables(chunks).combine_chunks()  # one take over contiguous columns is faster
     if not len(t):
         return
     n_buckets = part.param("n_buckets")
