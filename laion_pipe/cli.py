@@ -74,12 +74,11 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
+    from .config import load_workflow
     from .stages.stats import main_stats
 
-    return main_stats(
-        args.path, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, overrides=args.overrides,
-        workflow=args.workflow,
-    )
+    wf = load_workflow(args.workflow, args.overrides)
+    return main_stats(args.path, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, wf=wf)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -109,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main_demo
 
-    return main_demo(out=args.out, overrides=args.overrides, keep_serving=False)
+    return main_demo(out=args.out, overrides=args.overrides)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -82,8 +82,29 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     return data
 
 
+DEMO_PREFIX = "demo:"
+
+
+def resolve_demo_paths(data: Any) -> Any:
+    """Replace `demo:FILE` strings by the path of FILE among the demo weights shipped in the
+    package, so a workflow file can name them wherever the package is installed."""
+    if isinstance(data, dict):
+        return {k: resolve_demo_paths(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [resolve_demo_paths(v) for v in data]
+    if isinstance(data, str) and data.startswith(DEMO_PREFIX):
+        from importlib import resources
+
+        name = data[len(DEMO_PREFIX):]
+        path = resources.files("laion_pipe.models.demo") / "weights" / name
+        if not path.is_file():
+            raise ConfigError(f"{data}: no such file among the shipped demo weights ({path})")
+        return str(path)
+    return data
+
+
 def workflow_from_dict(data: dict | None, overrides: list[str] | None = None) -> Workflow:
-    data = apply_overrides(dict(data or {}), overrides)
+    data = resolve_demo_paths(apply_overrides(dict(data or {}), overrides))
     try:
         return Workflow.model_validate(data)
     except ValidationError as e:

@@ -1,0 +1,74 @@
+"""`laion-pipe demo`: the demo world, every stage on a LocalCluster, then the statistics.
+
+This is the embedded default the README's first command runs: no data, weights or services to
+set up. The world's server runs in this process on 127.0.0.1; the workers (separate processes)
+download from it through the same guarded client as a real run, with 127.0.0.1/32 allowed.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from .. import fsio
+from ..config import Workflow, workflow_from_dict
+from .world import World, WorldSpec, build_world
+
+console = Console(stderr=True)
+
+
+def demo_workflow_path() -> Path:
+    """The demo workflow shipped inside the package (workflows/demo.yaml links to it)."""
+    return Path(str(resources.files("laion_pipe.demo") / "workflow.yaml"))
+
+
+def demo_workflow(inputs: Sequence[str], out: str, overrides: Sequence[str] = ()) -> Workflow:
+    data = yaml.safe_load(demo_workflow_path().read_text())
+    data["inputs"] = list(inputs)
+    data["out"] = out
+    return workflow_from_dict(data, list(overrides))
+
+
+def run_demo(out: str, overrides: Sequence[str] = (), spec: WorldSpec | None = None, client=None) -> tuple[World, list]:
+    """Build the world under `out/world`, run all stages into `out`; returns (world, reports).
+    The caller stops the world's server (`world.stop()`)."""
+    from ..cluster import open_client
+    from ..pipeline import PIPELINE_STAGES, run_stages
+    from ..report_cli import print_stage_report
+
+    world = build_world(Path(out) / "world", spec)
+    try:
+        wf = demo_workflow(world.wat_paths, out, overrides)
+        if client is not None:
+            reports = run_stages(wf, out, PIPELINE_STAGES, client, on_report=print_stage_report)
+        else:
+            with open_client(wf.cluster) as c:
+                reports = run_stages(wf, out, PIPELINE_STAGES, c, on_report=print_stage_report)
+    except BaseException:
+        world.stop()
+        raise
+    return world, reports
+
+
+def main_demo(out: str = "laion_demo", overrides: Sequence[str] = ()) -> int:
+    from ..report_cli import print_run_summary
+    from ..stages.stats import load_result
+    from ..stats.render import print_table
+
+    t0 = time.time()
+    out = str(Path(out).resolve())
+    console.print(f"[bold]laion-pipe demo[/bold]: building the demo world and running every stage into {out}")
+    world, reports = run_demo(out, overrides)
+    try:
+        print_run_summary(reports, out, [r.stage for r in reports])
+        if reports and reports[-1].stage == "stats" and not reports[-1].failed:
+            print_table(load_result(out), Console())
+            console.print(f"report: {fsio.join(out, 'stats', 'report.html')}")
+        console.print(f"demo finished in {time.time() - t0:.0f}s")
+    finally:
+        world.stop()
+    return 0 if reports and reports[-1].stage == "stats" and not any(r.failed for r in reports) else 1
