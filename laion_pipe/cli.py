@@ -207,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         console.print(f"[red]error:[/red] {e}")
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: finished partitions are kept; run the same command again to resume")
         return 130

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from . import fsio
 from .runner import StageReport, read_manifest, stage_status
-from .schema import STAGES
+from .schema import STAGES, STATE_DIR
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # never break a path or URL across lines
 
 
 def _drops_line(drops: dict[str, Counter], limit: int = 6) -> str:
@@ -54,10 +54,26 @@ def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence
         console.print(f"report: {report_html}")
 
 
+def _stage_names(out: str) -> list[str]:
+    """Stages with state in pipeline order; internal phases (`dedup.bucket`) just before their stage."""
+    fs, p = fsio.fs_and_path(fsio.join(out, STATE_DIR))
+    try:
+        found = {e.rstrip("/").rpartition("/")[2] for e in fs.ls(p, detail=False) if fs.isdir(e)}
+    except FileNotFoundError:
+        found = set()
+
+    def order(name: str) -> tuple[int, int, str]:
+        base, _, phase = name.partition(".")
+        rank = STAGES.index(base) if base in STAGES else len(STAGES)
+        return (rank, 0 if phase else 1, name)
+
+    return sorted(found, key=order)
+
+
 def print_status(out: str, as_json: bool = False) -> int:
     """Print done / failed / pending per stage; exit code 1 when anything failed or is pending."""
     result = {}
-    for stage in STAGES:
+    for stage in _stage_names(out):
         st = stage_status(out, stage)
         if any(st.values()):
             result[stage] = st
