@@ -99,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_OK
     kwargs = {s: {"force": True} for s in stages} if args.force else {}
     with open_client(wf.cluster) as client:
+        console.print(f"workflow {wf.name!r} -> {out}; dask dashboard: {client.dashboard_link}")
         reports = run_stages(wf, out, stages, client, on_report=print_stage_report, **kwargs)
     print_run_summary(reports, out, stages)
     complete = len(reports) == len(stages) and not any(r.failed for r in reports)

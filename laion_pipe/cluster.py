@@ -54,7 +54,7 @@ def make_cluster(cfg: ClusterConfig) -> Any | None:
             memory_limit=cfg.memory_limit,
             processes=cfg.processes,
             resources=_gpu_resources(cfg.gpus_per_worker) or None,
-            dashboard_address=":0" if cfg.dashboard else None,
+            dashboard_address=cfg.dashboard_address,
         )
     if cfg.kind == "address":
         return None

@@ -75,11 +75,13 @@ def run_stages(
     stages: Sequence[str],
     client: Any,
     on_report: Callable[[StageReport], None] | None = None,
-    stop_on_failure: bool = True,
+    stop_on_failure: bool = False,
     **kwargs: Any,
 ) -> list[StageReport]:
-    """Run the named stages in pipeline order. A stage with failed partitions stops the run
-    (later stages would see incomplete input) unless `stop_on_failure` is False."""
+    """Run the named stages in pipeline order. By default a stage with failed partitions does
+    not stop the run: later stages work on what succeeded, every other partition completes, and
+    the reports say the run is incomplete. Rerunning after the cause is fixed redoes the failed
+    partitions, and the later stages' fingerprints see their new input and redo what it changes."""
     save_workflow(out, wf)
     reports = []
     for stage in stages:

@@ -22,6 +22,6 @@ def dask_client():
     """An in-process Dask client (threads): cheap to start, shared by the session's tests."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster:
         with Client(cluster) as client:
             yield client

@@ -50,7 +50,7 @@ class ClusterConfig(Section):
     memory_limit: str = "2GB"
     processes: bool = True
     gpus_per_worker: int = Field(0, ge=0, description="Dask resource GPU declared on local workers")
-    dashboard: bool = False
+    dashboard_address: str = Field(":0", description="where the local cluster's dashboard listens (\":8787\" pins the usual port; \":0\" a free one)")
     # address
     address: str | None = None
     # jobqueue / kubernetes

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..models.demo import synth
-from .imageserver import ImageServer, static, status
+from .imageserver import ImageServer, Reply, static, status
 from .watgen import Img, Page, write_wat
 
 KIND_WEIGHTS: dict[str, float] = {
@@ -62,6 +62,7 @@ class WorldSpec:
     images_per_page: int = 8
     n_wat_files: int = 4
     seed: int = 0
+    latency: float = 0.0  # seconds the server waits before each image reply (fault tests need a slow world)
     kinds: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
 
 
@@ -101,6 +102,12 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
     rng = random.Random(spec.seed)
     nprng = np.random.default_rng(spec.seed)
     server = server or ImageServer().start()
+
+    def serve(body: bytes, headers: dict[str, str] | None = None):
+        if not spec.latency:
+            return static(body, headers=headers)
+        return lambda req: Reply(200, body, dict(headers or {}), "image/jpeg", delay=spec.latency)
+
     kinds, kind_w = zip(*spec.kinds.items())
     langs, lang_w = zip(*CAPTION_LANGS.items())
 
@@ -128,7 +135,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
                 side = rng.choice(SIDES)
                 body = _jpeg(synth.render(scene, side))
                 headers = {"X-Robots-Tag": "noai"} if kind == "noai" else None
-                server.route(path, static(body, headers=headers))
+                server.route(path, serve(body, headers))
                 if kind == "mismatch":
                     alt = synth.mismatched_caption(nprng, scene, lang)
                 elif kind == "nolang":
@@ -140,11 +147,11 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
             elif kind == "small":
                 scene = synth.random_scene(nprng)
                 body = _jpeg(synth.render(scene, 64), quality=80)
-                server.route(path, static(body))
+                server.route(path, serve(body))
                 alt = scene.caption(lang)
                 row.update(width=64, height=64, n_bytes=len(body))
             elif kind == "broken":
-                server.route(path, static(_broken_bytes(rng)))
+                server.route(path, serve(_broken_bytes(rng)))
                 alt = synth.caption_for(rng.choice(synth.SAFE_SHAPES), "red", "blue", lang)
             elif kind == "missing":
                 server.route(path, status(404))
