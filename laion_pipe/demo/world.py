@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ..models.demo import synth
-from .imageserver import ImageServer, Reply, static, status
+from .imageserver import ImageServer, Reply, status
 from .watgen import Img, Page, write_wat
 
 KIND_WEIGHTS: dict[str, float] = {
@@ -69,6 +69,7 @@ class WorldSpec:
 @dataclass
 class World:
     server: ImageServer
+    spec: WorldSpec
     wat_paths: list[str]
     truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, watermark, unsafe, ...
     root: Path
@@ -104,8 +105,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
     server = server or ImageServer().start()
 
     def serve(body: bytes, headers: dict[str, str] | None = None):
-        if not spec.latency:
-            return static(body, headers=headers)
+        # spec.latency is read per request, so a test can slow a running world down
         return lambda req: Reply(200, body, dict(headers or {}), "image/jpeg", delay=spec.latency)
 
     kinds, kind_w = zip(*spec.kinds.items())
@@ -182,4 +182,4 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
         wat_paths.append(path)
     truth = pd.DataFrame(rows)
     truth.to_parquet(root / "truth.parquet")
-    return World(server=server, wat_paths=wat_paths, truth=truth, root=root)
+    return World(server=server, spec=spec, wat_paths=wat_paths, truth=truth, root=root)
