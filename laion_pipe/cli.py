@@ -36,13 +36,10 @@ def _stage_cmd(args: argparse.Namespace, stage: str, extra_overrides: Sequence[s
     from .report_cli import print_stage_report
 
     wf, out = resolve_workflow(args.workflow, args.out, [*extra_overrides, *args.overrides])
-    if args.no_progress:
-        wf.runner.progress = False
-    kwargs = dict(stage_kwargs)
-    if args.force:
-        kwargs["force"] = True
+    wf.runner.progress = wf.runner.progress and not args.no_progress
+    wf.runner.force = args.force
     with open_client(wf.cluster) as client:
-        reports = run_stages(wf, out, [stage], client, on_report=print_stage_report, **{stage: kwargs})
+        reports = run_stages(wf, out, [stage], client, on_report=print_stage_report, **{stage: dict(stage_kwargs)})
     return EXIT_INCOMPLETE if any(r.failed for r in reports) else EXIT_OK
 
 
@@ -62,7 +59,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    return _stage_cmd(args, "download", retry_failed=args.retry_failed) if args.retry_failed else _stage_cmd(args, "download")
+    return _stage_cmd(args, "download", retry_failed=args.retry_failed)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -87,8 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report_cli import print_run_summary, print_stage_report
 
     wf, out = resolve_workflow(args.workflow_file, args.out, args.overrides)
-    if args.no_progress:
-        wf.runner.progress = False
+    wf.runner.progress = wf.runner.progress and not args.no_progress
+    wf.runner.force = args.force
     stages = parse_stages(args.stages)
     if args.dry_run:
         from .cluster import job_script
@@ -97,10 +94,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if wf.cluster.kind in ("slurm", "pbs", "kubernetes"):
             print(job_script(wf.cluster))
         return EXIT_OK
-    kwargs = {s: {"force": True} for s in stages} if args.force else {}
     with open_client(wf.cluster) as client:
         console.print(f"workflow {wf.name!r} -> {out}; dask dashboard: {client.dashboard_link}")
-        reports = run_stages(wf, out, stages, client, on_report=print_stage_report, **kwargs)
+        reports = run_stages(wf, out, stages, client, on_report=print_stage_report)
     print_run_summary(reports, out, stages)
     complete = len(reports) == len(stages) and not any(r.failed for r in reports)
     return EXIT_OK if complete else EXIT_INCOMPLETE

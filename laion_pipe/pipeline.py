@@ -31,7 +31,9 @@ def saved_workflow_path(out: str) -> str:
 
 
 def save_workflow(out: str, wf: Workflow) -> None:
-    fsio.write_bytes_atomic(saved_workflow_path(out), yaml.safe_dump(wf.model_dump(mode="json"), sort_keys=False).encode())
+    data = wf.model_dump(mode="json")
+    data["runner"]["force"] = False  # a one-off request, not a setting of the run
+    fsio.write_bytes_atomic(saved_workflow_path(out), yaml.safe_dump(data, sort_keys=False).encode())
 
 
 def resolve_workflow(workflow_path: str | None, out: str | None, overrides: Sequence[str] | None) -> tuple[Workflow, str]:

@@ -200,6 +200,7 @@ def run_stage(
     write_plan(out, stage, partitions)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
+    force = force or bool(getattr(getattr(wf, "runner", None), "force", False))
     for part in partitions:
         m = None if force else read_manifest(out, stage, part.key)
         if m and m.get("status") == "done" and m.get("fingerprint") == part.fingerprint:
