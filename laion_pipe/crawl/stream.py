@@ -1,0 +1,202 @@
+"""Stream the records of a WARC or WAT file, gzip or plain, and survive corruption.
+
+fastwarc does the parsing (and detects gzip from the content). What it does not do is carry on
+after damage: on a corrupt gzip member or a broken WARC header it raises and the rest of the
+file would be lost, and on a file cut short it silently stops. This module wraps it so that one
+bad record costs that record only:
+
+- after an error it resynchronises on the next record boundary (the next gzip member that
+  really decompresses to `WARC/`, or the next `WARC/1.x` line of a plain file) and goes on;
+- a record shorter than its Content-Length, and bytes after the last record that hold no
+  complete record, are reported as truncated;
+- every problem is yielded as a `ReadError` with the byte offset of the record (in the file as
+  stored, i.e. the compressed offset for .gz, which is what Common Crawl's index uses).
+
+Memory: records are read one at a time; a record larger than `max_record_bytes` is skipped
+without being read. Nothing grows with the file's size.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+from fastwarc.warc import ArchiveIterator, WarcHeader, WarcRecordType
+
+from .. import fsio
+
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_MAGIC = b"WARC/1."
+_PLAIN_SYNC = re.compile(rb"(?:^|\n)(WARC/1\.[01]\r?\n)")
+_SCAN_CHUNK = 1 << 20
+
+WANTED = WarcRecordType.metadata | WarcRecordType.response
+"""The record types that can hold image links: WAT JSON (metadata) and HTML (response)."""
+
+
+class NotAWarcError(ValueError):
+    """The input holds no WARC record at all: the partition fails with this message."""
+
+
+@dataclass(slots=True)
+class Record:
+    """A WAT metadata record or a WARC response record, its payload read into memory.
+    For a response, `payload` is the HTTP body and `http_*` come from its HTTP headers."""
+
+    offset: int
+    is_response: bool
+    target_uri: str | None
+    content_type: str | None
+    payload: bytes
+    http_content_type: str | None = None
+    http_charset: str | None = None
+
+
+@dataclass(slots=True)
+class ReadError:
+    """A record (or stretch of the file) that could not be read; `offset` is where it starts."""
+
+    kind: str
+    message: str
+    offset: int | None
+
+
+def is_gzip(head: bytes) -> bool:
+    return head[:2] == b"\x1f\x8b"
+
+
+def _is_warc_member(f: IO[bytes], pos: int) -> bool:
+    """Does a gzip member starting at `pos` decompress to a WARC record header?"""
+    f.seek(pos)
+    data = f.read(1 << 16)
+    try:
+        out = zlib.decompressobj(31).decompress(data, 16)
+    except zlib.error:
+        return False
+    return out.startswith(WARC_MAGIC)
+
+
+def find_boundary(f: IO[bytes], pos: int, compressed: bool) -> int | None:
+    """The first record boundary at or after `pos`, or None at end of file."""
+    while True:
+        f.seek(pos)
+        chunk = f.read(_SCAN_CHUNK + 16)
+        if not chunk:
+            return None
+        if compressed:
+            i = chunk.find(GZIP_MAGIC)
+            while i != -1 and i < _SCAN_CHUNK:
+                cand = pos + i
+                if len(chunk) > i + 3 and chunk[i + 3] & 0xE0 == 0 and _is_warc_member(f, cand):
+                    return cand
+                i = chunk.find(GZIP_MAGIC, i + 1)
+        else:
+            if pos == 0 and chunk.startswith(WARC_MAGIC):
+                return 0
+            for m in _PLAIN_SYNC.finditer(chunk):
+                start = m.start(1)
+                if start < _SCAN_CHUNK and (start > 0 or pos == 0 or chunk[start - 1 : start] == b"\n"):
+                    if start == 0 and pos > 0:
+                        # A match at the chunk start needs the byte before it to be a newline.
+                        f.seek(pos - 1)
+                        if f.read(1) != b"\n":
+                            continue
+                    return pos + start
+        if len(chunk) <= _SCAN_CHUNK:
+            return None
+        pos += _SCAN_CHUNK
+
+
+def _header(rec, name: WarcHeader) -> str | None:
+    v = rec.headers.get(name)
+    return v if v else None
+
+
+def iter_records(path: str, max_record_bytes: int = 128 << 20) -> Iterator[Record | ReadError]:
+    """Yield the metadata and response records of `path` (local path or fsspec URL), and a
+    `ReadError` for every damaged part. Raises `NotAWarcError` when no record at all can be read,
+    and whatever opening the file raises (missing file, no permission, network error)."""
+    fs, p = fsio.fs_and_path(path)
+    with fs.open(p, "rb") as f:
+        compressed = is_gzip(f.read(2))
+        yield from _iter_file(f, compressed, max_record_bytes)
+
+
+def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterator[Record | ReadError]:
+    start: int | None = 0
+    seen_any = False
+    reported: set[tuple[str, int]] = set()
+    resumed_after_stop = False  # fastwarc stopped without an error before the end of the data
+
+    def report(kind: str, message: str, offset: int) -> Iterator[ReadError]:
+        if (kind, offset) not in reported:
+            reported.add((kind, offset))
+            yield ReadError(kind, message, offset)
+
+    while start is not None:
+        f.seek(start)
+        last: int | None = None
+        failure: str | None = None
+        try:
+            for rec in ArchiveIterator(f, parse_http=False):
+                off = rec.stream_pos
+                last = off
+                seen_any = True
+                if not rec.record_type & WANTED:
+                    continue
+                declared = rec.headers.get(WarcHeader.CONTENT_LENGTH)
+                if not declared or not declared.strip().isdigit():
+                    # A header block cut short (or broken): fastwarc reads it as an empty record.
+                    yield from report("truncated_record", f"record header without a valid Content-Length ({declared!r})", off)
+                    continue
+                if rec.content_length > max_record_bytes:
+                    yield from report("record_too_large", f"{rec.content_length} bytes > {max_record_bytes}", off)
+                    continue
+                is_response = rec.record_type == WarcRecordType.response
+                http_ct = http_cs = None
+                if is_response:
+                    rec.parse_http()
+                    http_ct, http_cs = rec.http_content_type, rec.http_charset
+                expected = rec.content_length
+                payload = rec.reader.read()
+                if len(payload) < expected:
+                    yield from report("truncated_record", f"{len(payload)} of {expected} bytes", off)
+                    if not is_response:
+                        continue  # half a JSON document is no use; half an HTML page still is
+                yield Record(
+                    offset=off,
+                    is_response=is_response,
+                    target_uri=_header(rec, WarcHeader.WARC_TARGET_URI),
+                    content_type=_header(rec, WarcHeader.CONTENT_TYPE),
+                    payload=payload,
+                    http_content_type=http_ct,
+                    http_charset=http_cs,
+                )
+        except (OSError, ValueError, UnicodeError) as e:
+            failure = f"{type(e).__name__}: {e}"
+
+        if resumed_after_stop and last is not None:
+            yield from report("corrupt", "unreadable data before this record", start)
+        resumed_after_stop = False
+        fail_from = last + 1 if last is not None else start
+        bad = find_boundary(f, fail_from, compressed)
+        if failure is None:
+            if bad is None:
+                break  # clean end of file
+            if last is None and bad == start:
+                # Restarted on a record boundary and nothing could be read: a record cut short.
+                yield from report("truncated", "incomplete record at end of data", start)
+                start = find_boundary(f, start + 1, compressed)
+            else:
+                start, resumed_after_stop = bad, True  # data left after a silent stop: read on
+            continue
+        if bad is None:
+            yield from report("corrupt", failure, fail_from)
+            break
+        yield from report("corrupt", failure, bad)
+        start = bad if bad > start else find_boundary(f, start + 1, compressed)
+
+    if not seen_any:
+        raise NotAWarcError("no WARC record could be read: not a WARC/WAT file, or unreadable")
