@@ -23,7 +23,7 @@ from .. import fsio
 from ..schema import SUBSETS
 from .funnel import compute_funnel
 from .model import TOTAL, Counts, Histogram, StatsResult, SubsetStats
-from .partials import COUNT_FIELDS, Spec, domains, partial_counts
+from .partials import COUNT_FIELDS, VALUE_COUNTS_META, Spec, domain_counts, language_counts, partial_counts
 
 DATASET_DIR = "dataset"
 REQUIRED_COLUMNS: tuple[str, ...] = ("TEXT", "WIDTH", "HEIGHT")
@@ -32,8 +32,8 @@ LANGUAGE_CAP = 1000
 """Languages kept per subset before the top-N cut: lid.176 knows 176, so the total row's
 language counts (sums of the subsets' lists) are exact."""
 
-DOMAIN_PARTITIONS_PER_SPLIT = 64
-"""Input partitions per output partition of the domain counts (see _top_domains)."""
+PARTITIONS_PER_SPLIT = 64
+"""Input partitions per output partition of the value counts (see _counted)."""
 
 
 class StatsInputError(ValueError):
@@ -129,12 +129,12 @@ def _from_sums(label: str, sums, spec: Spec, nfiles: int) -> SubsetStats:
     return SubsetStats(subset=label, counts=counts, histograms=hists, files=nfiles)
 
 
-def _top_domains(hosts: dd.Series, n: int) -> dd.Series:
-    """The n most frequent domains. Counting is a tree reduction while the data is small; with
-    many partitions (and so possibly tens of millions of distinct domains, too many for one
-    worker) the counts are spread over several output partitions by a shuffle first."""
-    split_out = max(1, hosts.npartitions // DOMAIN_PARTITIONS_PER_SPLIT)
-    return hosts.dropna().value_counts(split_out=split_out).nlargest(n)
+def _counted(parts: dd.DataFrame, n: int) -> dd.Series:
+    """Sum per-partition (value, n) counts and keep the n largest. While the data is small the
+    sum is a tree reduction; with many partitions (possibly tens of millions of distinct domains,
+    too many for one worker) it is spread over several output partitions by a shuffle first."""
+    split_out = max(1, parts.npartitions // PARTITIONS_PER_SPLIT)
+    return parts.groupby("value")["n"].sum(split_out=split_out).nlargest(n)
 
 
 def _top(series) -> list[tuple[str, int]]:
@@ -173,19 +173,22 @@ def compute(
 
     frames = {s.label: _frame(s, swap_wh) for s in sources if s.paths}
     wanted: list = []  # (what, label, dask collection)
+    domain_parts: dict[str, dd.DataFrame] = {}
+    meta = spec.meta()
     for label, ddf in frames.items():
-        wanted.append(("sums", label, ddf.map_partitions(partial_counts, spec, meta=spec.meta()).sum()))
+        numbers = ddf[[c for c in ddf.columns if c not in ("URL", "LANGUAGE")]]
+        wanted.append(("sums", label, numbers.map_partitions(partial_counts, spec, meta=meta).sum()))
         if "LANGUAGE" in ddf.columns:
-            # Few distinct values: a tree reduction into one partition, no shuffle.
-            langs = ddf["LANGUAGE"].dropna().value_counts(split_out=1).nlargest(LANGUAGE_CAP)
-            wanted.append(("languages", label, langs))
+            langs = ddf[["LANGUAGE"]].map_partitions(language_counts, meta=VALUE_COUNTS_META)
+            wanted.append(("languages", label, _counted(langs, LANGUAGE_CAP)))
         if "URL" in ddf.columns:
-            wanted.append(("domains", label, _top_domains(domains(ddf["URL"]), cfg.top_n)))
-    totalled = [s for s in sources if s.in_total and s.label in frames and "URL" in frames[s.label].columns]
+            domain_parts[label] = ddf[["URL"]].map_partitions(domain_counts, meta=VALUE_COUNTS_META)
+            wanted.append(("domains", label, _counted(domain_parts[label], cfg.top_n)))
     make_total = run_dir is not None
+    totalled = [s.label for s in sources if s.in_total and s.label in domain_parts]
     if make_total and totalled:
-        urls = dd.concat([domains(frames[s.label]["URL"]) for s in totalled])
-        wanted.append(("domains", TOTAL, _top_domains(urls, cfg.top_n)))
+        # The same per-partition counts as the subsets' (one graph: computed once), summed together.
+        wanted.append(("domains", TOTAL, _counted(dd.concat([domain_parts[t] for t in totalled]), cfg.top_n)))
 
     results = client.gather(client.compute([w[2] for w in wanted])) if wanted else []
     got: dict[tuple[str, str], object] = {(w[0], w[1]): r for w, r in zip(wanted, results)}

@@ -152,3 +152,19 @@ def print_table(result: StatsResult, console: Console | None = None) -> None:
         console.print(t)
         for line in funnel_status(result.funnel):
             console.print(f"  {line}", style="yellow", highlight=False)
+
+
+def table_frame(rows: list[SubsetStats]):
+    """The table as a pandas DataFrame of displayed strings, indexed by subset (notebook view)."""
+    import pandas as pd
+
+    shown = display_rows(rows)
+    return pd.DataFrame([r[1:] for r in shown], index=pd.Index([r[0] for r in shown], name=HEADERS["subset"]),
+                        columns=[HEADERS[k] for k in TABLE_KEYS[1:]])
+
+
+def funnel_frame(funnel: list[FunnelStage]):
+    """The funnel as a pandas DataFrame (notebook view)."""
+    import pandas as pd
+
+    return pd.DataFrame(funnel_rows(funnel), columns=FUNNEL_HEADERS)
