@@ -120,7 +120,8 @@ def misbehaving_world() -> Iterator[World]:
         add("/length-more-stall.jpg", srv.lying_length(good, len(good) + 5000, then="stall"), "failed_to_download", "timeout")
         # Announcing fewer bytes than sent: the client either stops at the announced length
         # (a cut image: decode_error) or sees the extra bytes as a broken next response.
-        add("/length-less.jpg", srv.lying_length(good, len(good) // 3, then="close"), "failed_to_download", "http_error", "decode_error")
+        small = jpeg(200, 150, 7)
+        add("/length-less.jpg", srv.lying_length(small, len(small) // 2, then="close"), "failed_to_download", "http_error", "decode_error")
         add("/huge.jpg", srv.static(big), "failed_to_download", "body_too_large")
         add("/huge-chunked.jpg", srv.chunked(big), "failed_to_download", "body_too_large")
         add("/page.html", srv.static(b"<!doctype html><html><body>" + b"<p>not an image</p>" * 400 + b"</body></html>", "text/html"), "failed_to_resize", "not_an_image")

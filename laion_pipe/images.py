@@ -1,0 +1,202 @@
+"""Image checks and resizing for the download stage, with img2dataset's resize semantics.
+
+Every way an image can be refused is a drop reason (schema.DROP_REASONS), checked cheapest
+first: byte size, then the header (format, pixel count, sides, aspect ratio: Pillow reads only
+the header at open), and only then the pixels.
+
+Why Pillow decodes and OpenCV resizes: Pillow's JPEG draft mode asks libjpeg to decode at 1/2,
+1/4 or 1/8 scale (DCT scaling), which is several times cheaper than a full decode when the
+target is much smaller, and Pillow reports truncated or broken data as errors where OpenCV
+silently returns grey pixels. OpenCV's INTER_AREA (down) / LANCZOS4 (up) resize is what
+img2dataset uses, so sizes and pixels match its output; draft decoding is only used down to
+the smallest scale that keeps at least the target size, where INTER_AREA after DCT scaling
+differs from INTER_AREA after a full decode by resampling noise only (tests/test_download_images.py
+checks the PSNR).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+ResizeMode = Literal["keep_ratio", "center_crop", "border", "no"]
+
+_PIL_ENCODE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_WHITE = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What an accepted image must look like, and how it is resized and encoded."""
+
+    image_size: int = 256
+    resize_mode: ResizeMode = "keep_ratio"
+    resize_only_if_bigger: bool = False
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = 95
+    min_bytes: int = 5000
+    allowed_formats: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP"})
+    max_pixels: int = 89_478_485
+    min_width: int = 0
+    min_height: int = 0
+    max_width: int | None = None
+    max_height: int | None = None
+    max_aspect_ratio: float | None = None
+    draft: bool = True
+
+
+@dataclass
+class ImageResult:
+    """The encoded image and its sizes, or the drop reason and a message."""
+
+    data: bytes | None = None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _refuse(reason: str, error: str, w: int | None = None, h: int | None = None) -> ImageResult:
+    return ImageResult(reason=reason, error=error, original_width=w, original_height=h)
+
+
+def looks_like_text(data: bytes) -> bool:
+    """HTML error pages and other text served where an image was expected."""
+    head = data[:512].lstrip()
+    if head[:1] in (b"<", b"{", b"["):
+        return True
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and sum(c.isprintable() or c.isspace() for c in text) / len(text) > 0.95
+
+
+def target_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
+    """(width, height) after resizing, before any crop or padding (albumentations' rounding,
+    which img2dataset uses: SmallestMaxSize for keep_ratio/center_crop, LongestMaxSize for border)."""
+    if spec.resize_mode == "no":
+        return width, height
+    side = min(width, height) if spec.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
+    if spec.resize_only_if_bigger and side <= spec.image_size:
+        return width, height
+    scale = spec.image_size / side
+    return max(round(width * scale), 1), max(round(height * scale), 1)
+
+
+def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> ImageResult | None:
+    """The refusal for an image of this size and format, or None when it passes."""
+    if fmt not in spec.allowed_formats:
+        return _refuse("format_not_allowed", f"format {fmt} not in {sorted(spec.allowed_formats)}", width, height)
+    if width * height > spec.max_pixels:
+        return _refuse("decompression_bomb", f"{width}x{height} is over {spec.max_pixels} pixels", width, height)
+    if width < spec.min_width or height < spec.min_height:
+        return _refuse("image_too_small", f"{width}x{height} is under {spec.min_width}x{spec.min_height}", width, height)
+    if (spec.max_width and width > spec.max_width) or (spec.max_height and height > spec.max_height):
+        return _refuse("image_too_large", f"{width}x{height} is over {spec.max_width}x{spec.max_height}", width, height)
+    if spec.max_aspect_ratio and max(width, height) / max(min(width, height), 1) > spec.max_aspect_ratio:
+        return _refuse("bad_aspect_ratio", f"aspect ratio of {width}x{height} is over {spec.max_aspect_ratio}", width, height)
+    return None
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Decoded pixels as an RGB array; transparency is composited on white as img2dataset does."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im.convert("I"), dtype=np.int32) >> (8 if im.mode.startswith("I;16") else 24)
+        im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, _WHITE)
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        im = bg
+    elif im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)
+
+
+def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = None) -> np.ndarray:
+    """img2dataset's resize modes on an RGB array. `original` is the (width, height) of the
+    image before any draft reduction: output sizes are computed from it, so decoding at a
+    reduced scale never changes the output size."""
+    h, w = arr.shape[:2]
+    ow, oh = original or (w, h)
+    s = spec.image_size
+    if spec.resize_mode == "no":
+        return arr
+    nw, nh = target_size(ow, oh, spec)
+    if (nw, nh) != (w, h):
+        side = min(ow, oh) if spec.resize_mode in ("keep_ratio", "center_crop") else max(ow, oh)
+        inter = cv2.INTER_AREA if side > s else cv2.INTER_LANCZOS4
+        arr = cv2.resize(arr, (nw, nh), interpolation=inter)
+    h, w = arr.shape[:2]
+    if spec.resize_mode == "center_crop" and (h > s or w > s):
+        y0, x0 = max((h - s) // 2, 0), max((w - s) // 2, 0)
+        arr = arr[y0 : y0 + s, x0 : x0 + s]
+    elif spec.resize_mode == "border" and (h < s or w < s):
+        top, left = max(int((s - h) / 2.0), 0), max(int((s - w) / 2.0), 0)
+        arr = cv2.copyMakeBorder(
+            np.ascontiguousarray(arr), top, max(s - h - top, 0), left, max(s - w - left, 0),
+            cv2.BORDER_CONSTANT, value=_WHITE,
+        )
+    return arr
+
+
+def encode(arr: np.ndarray, spec: ImageSpec) -> bytes:
+    im = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    buf = io.BytesIO()
+    fmt = _PIL_ENCODE[spec.encode_format]
+    if fmt == "PNG":
+        im.save(buf, fmt, compress_level=min(spec.encode_quality, 9) if spec.encode_quality <= 9 else 6)
+    else:
+        im.save(buf, fmt, quality=spec.encode_quality)
+    return buf.getvalue()
+
+
+def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
+    """Check, decode, resize and encode one downloaded body. Never raises: every failure is a
+    drop reason (a bad image must not crash its shard)."""
+    if len(data) < spec.min_bytes:
+        return _refuse("image_too_small_bytes", f"{len(data)} bytes is under {spec.min_bytes}")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        return _refuse("decompression_bomb", str(e))
+    except UnidentifiedImageError:
+        if looks_like_text(data):
+            return _refuse("not_an_image", "the body is text, not an image")
+        return _refuse("decode_error", "unidentified image data")
+    except Exception as e:  # noqa: BLE001 - any parser failure is a decode error
+        return _refuse("decode_error", f"{type(e).__name__}: {e}")
+    try:
+        width, height = im.size
+        refused = check_header(width, height, im.format, spec)
+        if refused is not None:
+            return refused
+        if spec.draft and im.format == "JPEG" and spec.resize_mode != "no":
+            # Decode at the smallest DCT scale that still covers the target size.
+            im.draft("RGB", target_size(width, height, spec))
+        im.load()
+        arr = _to_rgb(im)
+        arr = resize(arr, spec, (width, height))
+        out_h, out_w = arr.shape[:2]
+        return ImageResult(
+            data=encode(arr, spec), width=out_w, height=out_h, original_width=width, original_height=height
+        )
+    except Image.DecompressionBombError as e:
+        return _refuse("decompression_bomb", str(e))
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
+        return _refuse("decode_error", f"{type(e).__name__}: {e}", *im.size)
+    finally:
+        im.close()

@@ -1,0 +1,163 @@
+"""Image checks and resizing (laion_pipe.images), compared with img2dataset's own Resizer."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations: no update check
+
+import io  # noqa: E402
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+from PIL.JpegImagePlugin import JpegImageFile
+
+from laion_pipe.images import ImageSpec, process_image, target_size
+from servers import encode, jpeg, noise_image, png_bomb, truncated_jpeg
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.float64)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = ((a - b) ** 2).mean()
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+SIZES = [(1600, 1200), (1200, 1600), (1024, 768), (500, 333), (1000, 255), (640, 480), (300, 300), (200, 150), (99, 100)]
+
+
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "no"])
+def test_sizes_and_pixels_match_img2dataset(mode):
+    from img2dataset.resizer import Resizer
+
+    theirs = Resizer(image_size=256, resize_mode=mode, resize_only_if_bigger=False)
+    spec = ImageSpec(image_size=256, resize_mode=mode, min_bytes=0)
+    for i, (w, h) in enumerate(SIZES):
+        data = jpeg(w, h, seed=i)
+        mine = process_image(data, spec)
+        ref_bytes, rw, rh, row, roh, err = theirs(io.BytesIO(data))
+        assert err is None and mine.ok, (mode, w, h, mine.error)
+        assert (mine.width, mine.height, mine.original_width, mine.original_height) == (rw, rh, row, roh), (mode, w, h)
+        # Same resampling (INTER_AREA down, LANCZOS4 up) and white borders; draft decoding and
+        # the encoder may differ by noise only.
+        assert psnr(decode(mine.data), decode(ref_bytes)) > 32, (mode, w, h)
+
+
+def test_target_size_rounding():
+    assert target_size(1600, 1200, ImageSpec()) == (341, 256)
+    assert target_size(1000, 255, ImageSpec()) == (1004, 256)
+    assert target_size(1600, 1200, ImageSpec(resize_mode="border")) == (256, 192)
+    assert target_size(100, 80, ImageSpec(resize_only_if_bigger=True)) == (100, 80)
+    assert target_size(5000, 1, ImageSpec(resize_mode="border")) == (256, 1)
+
+
+def test_resize_only_if_bigger_never_upscales():
+    spec = ImageSpec(image_size=256, resize_only_if_bigger=True, min_bytes=0)
+    small = process_image(jpeg(200, 150), spec)
+    big = process_image(jpeg(800, 600), spec)
+    assert (small.width, small.height) == (200, 150)
+    assert (big.width, big.height) == (341, 256)
+
+
+def test_draft_decoding_is_used_and_changes_only_noise(monkeypatch):
+    scales = []
+    original = JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        scales.append(self.decoderconfig[0] if self.decoderconfig else 1)  # libjpeg's DCT scale denominator
+        return result
+
+    monkeypatch.setattr(JpegImageFile, "draft", spy)
+    for i, (w, h) in enumerate([(1600, 1200), (2048, 1536), (1024, 768)]):
+        data = jpeg(w, h, seed=10 + i)
+        fast = process_image(data, ImageSpec(draft=True, min_bytes=0))
+        full = process_image(data, ImageSpec(draft=False, min_bytes=0))
+        assert (fast.width, fast.height) == (full.width, full.height)
+        assert psnr(decode(fast.data), decode(full.data)) > 38
+    assert sorted(set(scales)) == [2, 4], "1/4 scale for 1600x1200 and 2048x1536, 1/2 for 1024x768"
+    # The decoder really decodes smaller: check the decoded size directly.
+    im = Image.open(io.BytesIO(jpeg(1600, 1200)))
+    im.draft("RGB", target_size(1600, 1200, ImageSpec()))
+    assert im.size == (400, 300)
+
+
+def test_draft_is_not_used_when_the_target_is_not_smaller():
+    data = jpeg(300, 200, seed=3)
+    a = process_image(data, ImageSpec(image_size=256, draft=True, min_bytes=0))
+    b = process_image(data, ImageSpec(image_size=256, draft=False, min_bytes=0))
+    assert a.data == b.data
+
+
+@pytest.mark.parametrize(
+    "make, spec_kw, reason",
+    [
+        (lambda: jpeg(16, 16, quality=50), {}, "image_too_small_bytes"),
+        (lambda: b"<html><body>" + b"nope " * 2000 + b"</body></html>", {}, "not_an_image"),
+        (lambda: b'{"error": "not found"}' + b" " * 6000, {}, "not_an_image"),
+        (lambda: bytes(np.random.default_rng(1).integers(0, 256, 9000, dtype=np.uint8)), {}, "decode_error"),
+        (truncated_jpeg, {}, "decode_error"),
+        (lambda: encode(noise_image(200, 200), "GIF"), {}, "format_not_allowed"),
+        (lambda: encode(noise_image(200, 200), "BMP"), {}, "format_not_allowed"),
+        (lambda: jpeg(640, 480), {"allowed_formats": frozenset({"PNG"})}, "format_not_allowed"),
+        (lambda: jpeg(640, 480), {"min_width": 700}, "image_too_small"),
+        (lambda: jpeg(640, 480), {"min_height": 500}, "image_too_small"),
+        (lambda: jpeg(640, 480), {"max_width": 600}, "image_too_large"),
+        (lambda: jpeg(640, 480), {"max_height": 400}, "image_too_large"),
+        (lambda: jpeg(900, 200), {"max_aspect_ratio": 3.0}, "bad_aspect_ratio"),
+        (lambda: jpeg(640, 480), {"max_pixels": 640 * 480 - 1}, "decompression_bomb"),
+    ],
+)
+def test_each_check_has_its_reason(make, spec_kw, reason):
+    res = process_image(make(), ImageSpec(**spec_kw))
+    assert res.reason == reason, res.error
+    assert res.data is None and res.error
+
+
+def test_png_decompression_bomb_is_refused_from_the_header(monkeypatch):
+    def no_decoding(self):
+        raise AssertionError("a bomb must be refused before its pixels are decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    data = png_bomb()
+    assert len(data) < 1_000_000
+    res = process_image(data, ImageSpec())
+    assert res.reason == "decompression_bomb"
+    assert (res.original_width, res.original_height) == (12_000, 12_000)
+
+
+def test_transparency_is_composited_on_white_like_img2dataset():
+    rgba = np.zeros((300, 300, 4), np.uint8)
+    rgba[..., 0] = 255  # red, fully transparent except a square
+    rgba[100:200, 100:200, 3] = 255
+    res = process_image(encode(Image.fromarray(rgba, "RGBA"), "PNG"), ImageSpec(encode_format="png", min_bytes=0, resize_mode="no"))
+    out = decode(res.data)
+    assert out[10, 10].tolist() == [255, 255, 255]
+    assert out[150, 150].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "CMYK", "I;16"])
+def test_other_modes_become_rgb(mode):
+    base = noise_image(320, 240)
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L")).astype(np.uint16) * 257)
+        im = Image.fromarray(arr)
+        assert im.mode == "I;16"
+    else:
+        im = base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    res = process_image(encode(im, fmt), ImageSpec(min_bytes=0))
+    assert res.ok, res.error
+    out = Image.open(io.BytesIO(res.data))
+    assert out.mode == "RGB" and out.size == (341, 256)
+    if mode == "I;16":
+        assert 60 < decode(res.data).mean() < 200, "16-bit samples are scaled down, not clipped to white"
+
+
+@pytest.mark.parametrize("fmt, pil", [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")])
+def test_encode_formats(fmt, pil):
+    res = process_image(jpeg(800, 600), ImageSpec(encode_format=fmt, encode_quality=90 if fmt != "png" else 6))
+    assert res.ok
+    assert Image.open(io.BytesIO(res.data)).format == pil
