@@ -324,11 +324,13 @@ def test_stage_run_writes_stats_and_resumes(run_dir, dask_client):
 
 
 def test_main_stats_json_on_run_dir(run_dir, dask_client, capsys):
-    code = stage.main_stats(str(run_dir), as_json=True, client=dask_client)
+    wf = workflow_from_dict({"stats": {"plots": False}})
+    code = stage.main_stats(str(run_dir), as_json=True, wf=wf, client=dask_client)
     assert code == 0
     printed = json.loads(capsys.readouterr().out)  # stdout holds the JSON and nothing else
     assert printed == list(EXPECTED.values())
-    assert (run_dir / "stats/report.html").is_file()
+    assert (run_dir / "stats/report.html").is_file() and "<img" not in (run_dir / "stats/report.html").read_text()
+    assert not (run_dir / "stats/plots").exists()
 
 
 def test_main_stats_table_on_laion_files(tmp_path, dask_client, capsys):

@@ -29,7 +29,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.total td { font-weight: bold; background: #f7f7f7; }
 ul.defs { color: #444; font-size: 0.9em; }
 .plot { margin: 1em 0; } .plot img { max-width: 100%; border: 1px solid #eee; }
-.tops { display: flex; flex-wrap: wrap; gap: 2em; }
+.tops { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 .note { color: #8a5a00; }
 </style>
 </head>
