@@ -75,7 +75,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     from .stages.stats import main_stats
 
     wf = load_workflow(args.workflow, args.overrides)
-    return main_stats(args.path, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, wf=wf)
+    return main_stats(args.paths, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, wf=wf)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
