@@ -6,7 +6,8 @@ file would be lost, and on a file cut short it silently stops. This module wraps
 bad record costs that record only:
 
 - after an error it resynchronises on the next record boundary (the next gzip member that
-  really decompresses to `WARC/`, or the next `WARC/1.x` line of a plain file) and goes on;
+  really decompresses to `WARC/`, or the next `WARC/1.x` line followed by a header line in a
+  plain file) and goes on;
 - a record shorter than its Content-Length, and bytes after the last record that hold no
   complete record, are reported as truncated;
 - every problem is yielded as a `ReadError` with the byte offset of the record (in the file as
@@ -29,7 +30,9 @@ from .. import fsio
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
-_PLAIN_SYNC = re.compile(rb"(?:^|\n)(WARC/1\.[01]\r?\n)")
+# A version line followed by a header line. Not anchored to a line start: after damage the
+# byte before a record may be anything.
+_PLAIN_SYNC = re.compile(rb"WARC/1\.[01]\r?\n[A-Za-z][A-Za-z0-9-]*:")
 _SCAN_CHUNK = 1 << 20
 
 WANTED = WarcRecordType.metadata | WarcRecordType.response
@@ -75,6 +78,8 @@ def _is_warc_member(f: IO[bytes], pos: int) -> bool:
         out = zlib.decompressobj(31).decompress(data, 16)
     except zlib.error:
         return False
+    if len(data) < 1 << 16 and out and WARC_MAGIC.startswith(out):
+        return True  # a member cut short by the end of the file, so it can be reported
     return out.startswith(WARC_MAGIC)
 
 
@@ -93,20 +98,50 @@ def find_boundary(f: IO[bytes], pos: int, compressed: bool) -> int | None:
                     return cand
                 i = chunk.find(GZIP_MAGIC, i + 1)
         else:
-            if pos == 0 and chunk.startswith(WARC_MAGIC):
-                return 0
             for m in _PLAIN_SYNC.finditer(chunk):
-                start = m.start(1)
-                if start < _SCAN_CHUNK and (start > 0 or pos == 0 or chunk[start - 1 : start] == b"\n"):
-                    if start == 0 and pos > 0:
-                        # A match at the chunk start needs the byte before it to be a newline.
-                        f.seek(pos - 1)
-                        if f.read(1) != b"\n":
-                            continue
-                    return pos + start
+                if m.start() < _SCAN_CHUNK:
+                    return pos + m.start()
         if len(chunk) <= _SCAN_CHUNK:
             return None
         pos += _SCAN_CHUNK
+
+
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length:[ \t]*(\d+)")
+
+
+def _end_of_record(f: IO[bytes], start: int, compressed: bool) -> int | None:
+    """Where the record starting at `start` ends in the file; None when it runs past the end
+    of the file (or its header cannot be read)."""
+    f.seek(start)
+    if compressed:
+        d = zlib.decompressobj(31)
+        pos = start
+        try:
+            while not d.eof:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    return None
+                d.decompress(chunk)
+                pos += len(chunk)
+        except zlib.error:
+            return None
+        return pos - len(d.unused_data)
+    head = f.read(1 << 16)
+    sep = head.find(b"\r\n\r\n")
+    m = _CONTENT_LENGTH.search(head, 0, sep) if sep != -1 else None
+    if not m:
+        return None
+    end = start + sep + 4 + int(m.group(1))
+    f.seek(end - 1)
+    return end if f.read(1) else None
+
+
+def _has_data_after(f: IO[bytes], pos: int) -> bool:
+    f.seek(pos)
+    while chunk := f.read(1 << 16):
+        if chunk.strip(b"\r\n \t\x00"):
+            return True
+    return False
 
 
 def _header(rec, name: WarcHeader) -> str | None:
@@ -127,12 +162,12 @@ def iter_records(path: str, max_record_bytes: int = 128 << 20) -> Iterator[Recor
 def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterator[Record | ReadError]:
     start: int | None = 0
     seen_any = False
-    reported: set[tuple[str, int]] = set()
+    reported: set[int] = set()  # one report per damaged place, however it shows
     resumed_after_stop = False  # fastwarc stopped without an error before the end of the data
 
     def report(kind: str, message: str, offset: int) -> Iterator[ReadError]:
-        if (kind, offset) not in reported:
-            reported.add((kind, offset))
+        if offset not in reported:
+            reported.add(offset)
             yield ReadError(kind, message, offset)
 
     while start is not None:
@@ -144,15 +179,18 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterato
                 off = rec.stream_pos
                 last = off
                 seen_any = True
-                if not rec.record_type & WANTED:
-                    continue
                 declared = rec.headers.get(WarcHeader.CONTENT_LENGTH)
                 if not declared or not declared.strip().isdigit():
                     # A header block cut short (or broken): fastwarc reads it as an empty record.
                     yield from report("truncated_record", f"record header without a valid Content-Length ({declared!r})", off)
                     continue
-                if rec.content_length > max_record_bytes:
-                    yield from report("record_too_large", f"{rec.content_length} bytes > {max_record_bytes}", off)
+                wanted = rec.record_type & WANTED
+                if not wanted or rec.content_length > max_record_bytes:
+                    if wanted:
+                        yield from report("record_too_large", f"{rec.content_length} bytes > {max_record_bytes}", off)
+                    skipped = rec.reader.consume()  # what fastwarc would do anyway, but counted
+                    if skipped < rec.content_length:
+                        yield from report("truncated_record", f"{skipped} of {rec.content_length} bytes", off)
                     continue
                 is_response = rec.record_type == WarcRecordType.response
                 http_ct = http_cs = None
@@ -184,7 +222,14 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterato
         bad = find_boundary(f, fail_from, compressed)
         if failure is None:
             if bad is None:
-                break  # clean end of file
+                # fastwarc stops silently on a file cut inside a record header or a gzip trailer.
+                if last is not None:
+                    end = _end_of_record(f, last, compressed)
+                    if end is None:
+                        yield from report("truncated", "last record runs past the end of the file", last)
+                    elif _has_data_after(f, end):
+                        yield from report("truncated", "incomplete record at end of data", end)
+                break
             if last is None and bad == start:
                 # Restarted on a record boundary and nothing could be read: a record cut short.
                 yield from report("truncated", "incomplete record at end of data", start)
@@ -192,10 +237,13 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterato
             else:
                 start, resumed_after_stop = bad, True  # data left after a silent stop: read on
             continue
+        # The damage starts where the last good record ends (when that can be told).
+        damage = _end_of_record(f, last, compressed) if last is not None else start
+        if damage is None:
+            damage = bad if bad is not None else fail_from
+        yield from report("corrupt", failure, damage)
         if bad is None:
-            yield from report("corrupt", failure, fail_from)
             break
-        yield from report("corrupt", failure, bad)
         start = bad if bad > start else find_boundary(f, start + 1, compressed)
 
     if not seen_any:

@@ -6,7 +6,8 @@ HTML-Metadata.Links` in document order; an `<img>` is `{"path": "IMG@/src", "url
 entities (`&amp;`) are decoded here, to give what an HTML parser of the same page gives.
 
 Speed: two thirds of a WAT's records describe requests and crawler metadata and cannot hold an
-image link. A byte search for `IMG@` skips them before any JSON is parsed.
+image link. A byte search for `IMG@` skips them before any JSON is parsed; such a record is only
+checked to be a whole JSON object (starts with `{`, ends with `}`), which catches truncation.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import orjson
 from .pages import BadRecord, PageImages
 
 IMG_MARK = b"IMG@"
+_JSON_ENDS = (b"}", b"}\n", b"}\r\n")
 _CC_MARK = b"creativecommons.org/licenses"
 CC_LICENSE_PART = "creativecommons.org/licenses/"
 
@@ -82,8 +84,9 @@ def _images(links: list) -> tuple[list[tuple[str, str | None]], int]:
 def page_from_wat(payload: bytes, target_uri: str | None, offset: int) -> PageImages | None:
     """The page's image links, or None for a record that describes no HTML page with images.
     Raises `BadRecord` for a record that should hold them but cannot be read."""
-    if IMG_MARK not in payload:
-        return None
+    complete = payload[:1] == b"{" and payload.endswith(_JSON_ENDS)
+    if complete and IMG_MARK not in payload:
+        return None  # cannot hold an image link: not worth a parse
     warnings: list[tuple[str, str]] = []
     doc = _loads(payload, warnings)
     if not isinstance(doc, dict):

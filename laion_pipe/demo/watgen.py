@@ -106,15 +106,19 @@ def _body_items(page: Page) -> list[tuple[str, object]]:
 # WARC record framing
 
 
-def _warc_record(headers: list[tuple[str, str]], block: bytes) -> bytes:
+Headers = list[tuple[str, str]]
+
+
+def frame_record(headers: Headers, block: bytes, compress: bool = False) -> bytes:
+    """One WARC record as bytes (`Content-Length` added), as its own gzip member if `compress`.
+    Tests use it to put damaged records between good ones."""
     head = "WARC/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
     head += f"Content-Length: {len(block)}\r\n\r\n"
-    return head.encode("utf-8") + block + b"\r\n\r\n"
-
-
-def _gzip_member(data: bytes) -> bytes:
+    rec = head.encode("utf-8") + block + b"\r\n\r\n"
+    if not compress:
+        return rec
     c = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
-    return c.compress(data) + c.flush()
+    return c.compress(rec) + c.flush()
 
 
 def _record_id(rng: random.Random) -> str:
@@ -126,20 +130,15 @@ def _date(i: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class _Writer:
-    """Appends records to an atomically written file, one gzip member per record if asked."""
-
-    def __init__(self, f, compress: bool):
-        self.f, self.compress, self.n = f, compress, 0
-
-    def write(self, headers: list[tuple[str, str]], block: bytes) -> None:
-        rec = _warc_record(headers, block)
-        self.f.write(_gzip_member(rec) if self.compress else rec)
-        self.n += 1
-
-
-def _compress_for(path: str, compress: bool | None) -> bool:
-    return path.endswith(".gz") if compress is None else compress
+def _write(path: str, records: Iterable[tuple[Headers, bytes]], compress: bool | None) -> int:
+    """Write records to `path` atomically; returns how many."""
+    z = path.endswith(".gz") if compress is None else compress
+    n = 0
+    with fsio.atomic_open(path) as f:
+        for headers, block in records:
+            f.write(frame_record(headers, block, z))
+            n += 1
+    return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +284,7 @@ def _wat_records(page: Page, i: int, rng: random.Random, warc_name: str, list_he
         yield headers, orjson.dumps(doc)
 
 
-def _warcinfo(filename: str, rng: random.Random, software: str) -> tuple[list[tuple[str, str]], bytes]:
+def _warcinfo(filename: str, rng: random.Random, software: str) -> tuple[Headers, bytes]:
     block = f"Software-Info: {software}\r\nExtracted-Date: Sun, 01 Dec 2024 00:00:00 GMT\r\n\r\n".encode()
     return [
         ("WARC-Type", "warcinfo"),
@@ -294,6 +293,23 @@ def _warcinfo(filename: str, rng: random.Random, software: str) -> tuple[list[tu
         ("WARC-Record-ID", _record_id(rng)),
         ("Content-Type", "application/warc-fields"),
     ], block
+
+
+def wat_records(
+    pages: Iterable[Page],
+    *,
+    seed: int = 0,
+    list_headers: bool = False,
+    shuffle_keys: bool = False,
+    crawl: str = "CC-MAIN-2024-51",
+    filename: str = "generated.warc.wat.gz",
+) -> Iterator[tuple[Headers, bytes]]:
+    """The (WARC headers, JSON block) of each record of a WAT describing `pages`, warcinfo first."""
+    rng = random.Random(seed)
+    warc_name = f"crawl-data/{crawl}/segments/0/warc/{filename.replace('.wat', '')}"
+    yield _warcinfo(filename, rng, "ia-web-commons.1.1.10-SNAPSHOT")
+    for i, page in enumerate(pages):
+        yield from _wat_records(page, i, rng, warc_name, list_headers, shuffle_keys)
 
 
 def write_wat(
@@ -306,50 +322,45 @@ def write_wat(
     shuffle_keys: bool = False,
     crawl: str = "CC-MAIN-2024-51",
 ) -> int:
-    """Write a WAT describing `pages` (gzip when `compress` or the path ends in .gz).
-    Returns the number of records written (warcinfo included)."""
-    rng = random.Random(seed)
-    name = path.rpartition("/")[2]
-    warc_name = f"crawl-data/{crawl}/segments/0/warc/{name.replace('.wat', '.warc')}"
-    with fsio.atomic_open(path) as f:
-        w = _Writer(f, _compress_for(path, compress))
-        w.write(*_warcinfo(name, rng, "ia-web-commons.1.1.10-SNAPSHOT"))
-        for i, page in enumerate(pages):
-            for headers, block in _wat_records(page, i, rng, warc_name, list_headers, shuffle_keys):
-                w.write(headers, block)
-        return w.n
+    """Write a WAT describing `pages` (gzip when `compress`, or when None and the path ends in
+    .gz). Returns the number of records written (warcinfo included)."""
+    records = wat_records(pages, seed=seed, list_headers=list_headers, shuffle_keys=shuffle_keys,
+                          crawl=crawl, filename=path.rpartition("/")[2])
+    return _write(path, records, compress)
 
 
 # ----------------------------------------------------------------------------------------------
 # WARC
 
 
-def write_warc(pages: Iterable[Page], path: str, *, compress: bool | None = None, seed: int = 0) -> int:
-    """Write the WARC (request, response with the HTML, metadata per page) that `write_wat`
-    describes. Returns the number of records written."""
+def warc_records(pages: Iterable[Page], *, seed: int = 0) -> Iterator[tuple[Headers, bytes]]:
+    """The records of the WARC that `wat_records` describes: warcinfo, then per page a request,
+    a response with the page's HTML and a metadata record."""
     rng = random.Random(seed)
-    with fsio.atomic_open(path) as f:
-        w = _Writer(f, _compress_for(path, compress))
-        w.write(*_warcinfo(path.rpartition("/")[2], rng, "Apache Nutch 1.20 (modified, https://commoncrawl.org/)"))
-        for i, page in enumerate(pages):
-            body = page_html(page).encode(page.charset, errors="xmlcharrefreplace")
-            host = page.url.split("/")[2] if page.url.count("/") >= 2 else "example.com"
-            path_q = "/" + page.url.split("/", 3)[-1] if page.url.count("/") >= 3 else "/"
-            req = f"GET {path_q} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: CCBot/2.0\r\n\r\n".encode()
-            resp = (
-                f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset={page.charset}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
-            req_id, resp_id = _record_id(rng), _record_id(rng)
-            common = [("WARC-Target-URI", page.url), ("WARC-Date", _date(i))]
-            w.write([("WARC-Type", "request"), ("WARC-Record-ID", req_id), *common,
-                     ("Content-Type", "application/http; msgtype=request")], req)
-            w.write([("WARC-Type", "response"), ("WARC-Record-ID", resp_id), *common,
-                     ("WARC-Concurrent-To", req_id), ("Content-Type", "application/http; msgtype=response")], resp)
-            w.write([("WARC-Type", "metadata"), ("WARC-Record-ID", _record_id(rng)), *common,
-                     ("WARC-Concurrent-To", resp_id), ("Content-Type", "application/warc-fields")],
-                    f"fetchTimeMs: {100 + i % 900}\r\n".encode())
-        return w.n
+    yield _warcinfo("generated.warc.gz", rng, "Apache Nutch 1.20 (modified, https://commoncrawl.org/)")
+    for i, page in enumerate(pages):
+        body = page_html(page).encode(page.charset, errors="xmlcharrefreplace")
+        host = page.url.split("/")[2] if page.url.count("/") >= 2 else "example.com"
+        path_q = "/" + page.url.split("/", 3)[-1] if page.url.count("/") >= 3 else "/"
+        req = f"GET {path_q} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: CCBot/2.0\r\n\r\n".encode()
+        resp = (
+            f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset={page.charset}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        req_id, resp_id = _record_id(rng), _record_id(rng)
+        common = [("WARC-Target-URI", page.url), ("WARC-Date", _date(i))]
+        yield [("WARC-Type", "request"), ("WARC-Record-ID", req_id), *common,
+               ("Content-Type", "application/http; msgtype=request")], req
+        yield [("WARC-Type", "response"), ("WARC-Record-ID", resp_id), *common,
+               ("WARC-Concurrent-To", req_id), ("Content-Type", "application/http; msgtype=response")], resp
+        yield [("WARC-Type", "metadata"), ("WARC-Record-ID", _record_id(rng)), *common,
+               ("WARC-Concurrent-To", resp_id), ("Content-Type", "application/warc-fields")], \
+            f"fetchTimeMs: {100 + i % 900}\r\n".encode()
+
+
+def write_warc(pages: Iterable[Page], path: str, *, compress: bool | None = None, seed: int = 0) -> int:
+    """Write the WARC of `pages` (see `warc_records`). Returns the number of records written."""
+    return _write(path, warc_records(pages, seed=seed), compress)
 
 
 # ----------------------------------------------------------------------------------------------

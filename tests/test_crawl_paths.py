@@ -1,0 +1,92 @@
+"""Inputs to file lists: globs, directories, URLs, and crawl ids read from a `wat.paths.gz`
+served by a local stand-in for Common Crawl (a directory, then a loopback HTTP server)."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+from laion_pipe.config import workflow_from_dict
+from laion_pipe.crawl.paths import crawl_files, is_crawl_id, listing_url, resolve_inputs
+from laion_pipe.demo.watgen import Page, write_wat
+from laion_pipe.stages import extract
+
+CRAWL = "CC-MAIN-2023-14"
+
+
+def _fake_crawl(root: Path, n_files: int = 5, with_files: bool = False) -> list[str]:
+    """A Common Crawl layout under `root`: the listing, and (optionally) the WAT files it names."""
+    rels = [f"crawl-data/{CRAWL}/segments/1679296943471.{i}/wat/CC-MAIN-2023-{i:05d}.warc.wat.gz" for i in range(n_files)]
+    listing = root / "crawl-data" / CRAWL / "wat.paths.gz"
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    listing.write_bytes(gzip.compress(("\n".join(rels) + "\n").encode()))
+    if with_files:
+        for i, rel in enumerate(rels):
+            page = Page(f"https://site{i}.example/p.html", [(f"/img/{i}.jpg", f"a photo of mountain number {i}")])
+            write_wat([page], str(root / rel))
+    return rels
+
+
+@contextlib.contextmanager
+def _serve(root: Path):
+    """A loopback HTTP server for `root` (127.0.0.1 only); yields its base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_crawl_id_pattern():
+    assert is_crawl_id("CC-MAIN-2023-14") and is_crawl_id("CC-MAIN-2014-35")
+    assert not is_crawl_id("CC-MAIN-2023") and not is_crawl_id("cc-main-2023-14") and not is_crawl_id("x/CC-MAIN-2023-14")
+    assert listing_url(CRAWL) == f"https://data.commoncrawl.org/crawl-data/{CRAWL}/wat.paths.gz"
+    assert listing_url(CRAWL, "s3://commoncrawl/") == f"s3://commoncrawl/crawl-data/{CRAWL}/wat.paths.gz"
+
+
+def test_crawl_files_from_a_local_mirror(tmp_path):
+    rels = _fake_crawl(tmp_path)
+    assert crawl_files(CRAWL, str(tmp_path), max_files=3) == [f"{tmp_path}/{r}" for r in rels[:3]]
+    assert len(crawl_files(CRAWL, str(tmp_path))) == 5
+    with pytest.raises(ValueError):
+        crawl_files("CC-MAIN-2023", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        crawl_files("CC-MAIN-2019-01", str(tmp_path))
+
+
+def test_crawl_id_over_http_then_extract_streams_the_files(tmp_path, dask_client):
+    root = tmp_path / "mirror"
+    rels = _fake_crawl(root, n_files=4, with_files=True)
+    with _serve(root) as base:
+        files = resolve_inputs([CRAWL], max_files=2, base=base)
+        assert files == [f"{base}/{r}" for r in rels[:2]]
+        wf = workflow_from_dict({"inputs": [CRAWL], "runner": {"progress": False},
+                                 "extract": {"max_files": 2, "crawl_base_url": base}})
+        out = tmp_path / "run"
+        report = extract.run(str(out), wf, dask_client)
+    assert report.complete and report.done == 2
+    assert report.kept["en"] == 2
+
+
+def test_resolve_inputs_globs_dirs_and_order(tmp_path, monkeypatch):
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ["b.wat.gz", "a.wat.gz", "c.warc.gz", ".hidden"]:
+        (d / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    got = resolve_inputs(["in/*.wat.gz", str(d / "c.warc.gz"), "in", "in/a.wat.gz"])
+    assert got == [str(d / "a.wat.gz"), str(d / "b.wat.gz"), str(d / "c.warc.gz")]  # each file once, in order
+    assert resolve_inputs(["in/missing.wat"]) == [str(d / "missing.wat")]  # found out when read
+    assert resolve_inputs(["s3://bucket/x.wat.gz"]) == ["s3://bucket/x.wat.gz"]
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        resolve_inputs(["in/*.nothing"])
