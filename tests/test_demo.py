@@ -1,0 +1,105 @@
+"""`laion-pipe demo` end to end: the command the README's first line runs. Its statistics must
+agree with what the demo world was built with (world/truth.parquet records each image's kind)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "laion_demo"
+    t0 = time.time()
+    r = subprocess.run(["laion-pipe", "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    print(f"laion-pipe demo took {time.time() - t0:.0f}s")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return out, r.stdout + r.stderr
+
+
+def _dataset(out: Path, name: str) -> pd.DataFrame:
+    files = sorted((out / "dataset" / name).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
+
+
+def test_demo_prints_funnel_table_and_report(demo_run):
+    out, log = demo_run
+    assert "report.html" in log and (out / "stats" / "report.html").is_file()
+    stats = json.loads((out / "stats" / "table.json").read_text())
+    rows = {r["subset"]: r for r in (stats if isinstance(stats, list) else stats["rows"])}
+    for subset in ("en", "multi", "nolang"):
+        assert rows[subset]["count"] == len(_dataset(out, subset)), subset
+        assert str(rows[subset]["count"]) in log
+    assert rows["total"]["count"] == sum(rows[s]["count"] for s in ("en", "multi", "nolang"))
+    assert rows["en"]["count"] > 20 and rows["multi"]["count"] > 10
+
+
+def test_demo_numbers_agree_with_the_world(demo_run):
+    out, _ = demo_run
+    truth = pd.read_parquet(out / "world" / "truth.parquet")
+    kind_of = dict(zip(truth.url, truth.kind))  # duplicates reuse an earlier url, so url -> its first kind
+    for url, kind in zip(truth.url, truth.kind):
+        kind_of.setdefault(url, kind)
+    kept = pd.concat([_dataset(out, s) for s in ("en", "multi", "nolang")], ignore_index=True)
+    kept_kinds = kept.URL.map(kind_of)
+    # nothing that must never reach the dataset does
+    assert not set(kept_kinds) & {"small", "broken", "noai", "missing", "bad_source", "short"}
+    assert kept.URL.is_unique  # dedup by url
+    # NOLANG only gets pairs the language model is unsure of; EN/MULTI only confident ones
+    cands = pd.concat([pd.read_parquet(p) for p in (out / "candidates").glob("*/*.parquet")], ignore_index=True)
+    thr = 0.5
+    assert (cands[cands.subset == "nolang"].language_score < thr).all()
+    assert (cands[cands.subset != "nolang"].language_score >= thr).all()
+    assert set(cands[cands.subset == "en"].language) == {"en"}
+    assert all(u in set(cands[cands.subset == "nolang"].url) for u in truth[truth.kind == "nolang"].url)
+    # the mismatching captions are mostly dropped by similarity, the matching ones mostly kept
+    scores = pd.concat([pd.read_parquet(p) for p in (out / "scores").glob("*/*.parquet")], ignore_index=True)
+    images = pd.concat([pd.read_parquet(p) for p in (out / "images").glob("*/*.parquet")], ignore_index=True)
+    scored = images[images.status == "success"].merge(scores[["key", "similarity"]], on="key")
+    scored["kind"] = scored.url.map(kind_of)
+    en_multi = scored[scored.subset != "nolang"]
+    mism, match = en_multi[en_multi.kind == "mismatch"], en_multi[en_multi.kind == "match"]
+    assert len(mism) >= 5 and len(match) >= 20
+    kept_urls = set(kept.URL)
+    assert mism.url.isin(kept_urls).mean() <= 0.2, "mismatching captions must mostly be dropped"
+    assert match.url.isin(kept_urls).mean() >= 0.8, "matching captions must mostly be kept"
+    # every opted-out image that reached download was refused for that reason
+    manifests = [json.loads(p.read_text()) for p in (out / "_state" / "download").glob("*.json") if not p.name.startswith("_")]
+    opt_out = sum(m["drops"].get(s, {}).get("opt_out", 0) for m in manifests for s in m["drops"])
+    unique = pd.concat([pd.read_parquet(p) for p in (out / "unique").glob("*/*.parquet")], ignore_index=True)
+    assert opt_out == unique.url.map(kind_of).eq("noai").sum() > 0
+    # the watermark and unsafe heads see the kinds they were built for
+    wm = kept[kept_kinds == "watermark"].pwatermark.mean()
+    clean = kept[kept_kinds == "match"].pwatermark.mean()
+    assert wm > clean + 0.3
+    assert kept[kept_kinds == "unsafe"].punsafe.mean() > kept[kept_kinds == "match"].punsafe.mean() + 0.3
+
+
+def test_notebook_runs_on_the_demo_output(demo_run):
+    import nbformat
+    from nbclient import NotebookClient
+
+    out, _ = demo_run
+    nb_path = REPO / "notebooks" / "subset_statistics.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    env_before = os.environ.get("LAION_PIPE_RUN")
+    os.environ["LAION_PIPE_RUN"] = str(out)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("LAION_PIPE_RUN", None)
+        else:
+            os.environ["LAION_PIPE_RUN"] = env_before
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
