@@ -302,6 +302,9 @@ def main() -> int:
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "laion_pipe_bench"), help="where generated images are kept")
     ap.add_argument("--clients", action="store_true", help="compare HTTP clients only (no decoding)")
     ap.add_argument("--keep", action="store_true", help="keep the output folders")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra workflow override for our side, e.g. download.decode_threads=1 (repeatable)")
+    ap.add_argument("--only", choices=["img2dataset", "ours"], help="run one side only (no ratio)")
     args = ap.parse_args()
 
     cache = Path(args.cache)
@@ -368,12 +371,16 @@ def main() -> int:
                 "--set", "download.encode_quality=95", "--set", "download.timeout=10",
                 "--set", f"cluster.n_workers={args.processes}", "--set", "cluster.threads_per_worker=1",
                 "--set", "cluster.processes=true", "--set", "runner.progress=false",
+                *[x for o in args.overrides for x in ("--set", o)],
             ]
             results = {}
-            for name, cmd, stats_glob in (
+            sides = [
                 ("img2dataset", i2d_cmd, str(i2d_out / "*_stats.json")),
                 ("laion-pipe download", our_cmd, str(run_dir / "images" / "en" / "*_stats.json")),
-            ):
+            ]
+            if args.only:
+                sides = [s for s in sides if s[0].startswith("img2dataset" if args.only == "img2dataset" else "laion")]
+            for name, cmd, stats_glob in sides:
                 wall, peak, rc, cpu = run_measured(cmd, env, work / f"{name.split()[0]}.log")
                 ok, count = successes(stats_glob)
                 if rc != 0 or ok == 0:
@@ -384,7 +391,8 @@ def main() -> int:
                     f"{name:22s} {ok:6d}/{count} images in {wall:6.1f} s = {ok / wall:7.1f} images/s, "
                     f"peak memory {peak / 2**20:7.0f} MiB, CPU {cpu:6.1f} s ({cpu / max(ok, 1) * 1000:.1f} ms/image)"
                 )
-            print(f"ratio: {results['laion-pipe download'] / results['img2dataset']:.2f}")
+            if len(results) == 2:
+                print(f"ratio: {results['laion-pipe download'] / results['img2dataset']:.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -4,14 +4,16 @@ Every way an image can be refused is a drop reason (schema.DROP_REASONS), checke
 first: byte size, then the header (format, pixel count, sides, aspect ratio: Pillow reads only
 the header at open), and only then the pixels.
 
-Why Pillow decodes and OpenCV resizes: Pillow's JPEG draft mode asks libjpeg to decode at 1/2,
-1/4 or 1/8 scale (DCT scaling), which is several times cheaper than a full decode when the
-target is much smaller, and Pillow reports truncated or broken data as errors where OpenCV
-silently returns grey pixels. OpenCV's INTER_AREA (down) / LANCZOS4 (up) resize is what
-img2dataset uses, so sizes and pixels match its output; draft decoding is only used down to
-the smallest scale that keeps at least the target size, where INTER_AREA after DCT scaling
-differs from INTER_AREA after a full decode by resampling noise only (tests/test_download_images.py
-checks the PSNR).
+Why Pillow decodes: its JPEG draft mode asks libjpeg to decode at 1/2, 1/4 or 1/8 scale (DCT
+scaling), several times cheaper than a full decode when the target is much smaller, and it
+reports truncated or broken data as errors where OpenCV silently returns grey pixels. Draft
+decoding stops at the smallest scale that still covers the target size, so the final resize
+always has work left and the output size never changes.
+
+Resizing is img2dataset's: the same sizes, crops and white borders (albumentations' rounding)
+and the same OpenCV filters (INTER_AREA down, Lanczos-4 up), so without draft decoding the
+pixels are img2dataset's exactly, and with it they differ by resampling noise only
+(tests/test_download_images.py checks both).
 """
 from __future__ import annotations
 
@@ -109,8 +111,8 @@ def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> I
     return None
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Decoded pixels as an RGB array; transparency is composited on white as img2dataset does."""
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Decoded pixels as RGB; transparency is composited on white as img2dataset does."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(im.convert("I"), dtype=np.int32) >> (8 if im.mode.startswith("I;16") else 24)
         im = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
@@ -120,41 +122,43 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
         rgba = im.convert("RGBA")
         bg = Image.new("RGB", rgba.size, _WHITE)
         bg.paste(rgba, mask=rgba.getchannel("A"))
-        im = bg
-    elif im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
+        return bg
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = None) -> np.ndarray:
-    """img2dataset's resize modes on an RGB array. `original` is the (width, height) of the
-    image before any draft reduction: output sizes are computed from it, so decoding at a
-    reduced scale never changes the output size."""
-    h, w = arr.shape[:2]
+def _cv2_resize(im: Image.Image, size: tuple[int, int], interpolation: int) -> Image.Image:
+    return Image.fromarray(cv2.resize(np.asarray(im), size, interpolation=interpolation))
+
+
+def resize(im: Image.Image, spec: ImageSpec, original: tuple[int, int] | None = None) -> Image.Image:
+    """img2dataset's resize modes on an RGB image. `original` is the (width, height) before any
+    draft reduction: output sizes are computed from it, so decoding at a reduced scale never
+    changes the output size. As in img2dataset, `resize_only_if_bigger` leaves a small image
+    untouched (no crop, no border)."""
+    w, h = im.size
     ow, oh = original or (w, h)
     s = spec.image_size
     if spec.resize_mode == "no":
-        return arr
+        return im
+    side = min(ow, oh) if spec.resize_mode in ("keep_ratio", "center_crop") else max(ow, oh)
+    if spec.resize_only_if_bigger and side <= s:
+        return im
     nw, nh = target_size(ow, oh, spec)
     if (nw, nh) != (w, h):
-        side = min(ow, oh) if spec.resize_mode in ("keep_ratio", "center_crop") else max(ow, oh)
-        inter = cv2.INTER_AREA if side > s else cv2.INTER_LANCZOS4
-        arr = cv2.resize(arr, (nw, nh), interpolation=inter)
-    h, w = arr.shape[:2]
+        # img2dataset's defaults: INTER_AREA down, Lanczos-4 up.
+        im = _cv2_resize(im, (nw, nh), cv2.INTER_AREA if side > s else cv2.INTER_LANCZOS4)
+    w, h = im.size
     if spec.resize_mode == "center_crop" and (h > s or w > s):
-        y0, x0 = max((h - s) // 2, 0), max((w - s) // 2, 0)
-        arr = arr[y0 : y0 + s, x0 : x0 + s]
+        x0, y0 = max((w - s) // 2, 0), max((h - s) // 2, 0)
+        im = im.crop((x0, y0, x0 + min(s, w), y0 + min(s, h)))
     elif spec.resize_mode == "border" and (h < s or w < s):
-        top, left = max(int((s - h) / 2.0), 0), max(int((s - w) / 2.0), 0)
-        arr = cv2.copyMakeBorder(
-            np.ascontiguousarray(arr), top, max(s - h - top, 0), left, max(s - w - left, 0),
-            cv2.BORDER_CONSTANT, value=_WHITE,
-        )
-    return arr
+        canvas = Image.new("RGB", (max(s, w), max(s, h)), _WHITE)
+        canvas.paste(im, (max(int((s - w) / 2.0), 0), max(int((s - h) / 2.0), 0)))
+        im = canvas
+    return im
 
 
-def encode(arr: np.ndarray, spec: ImageSpec) -> bytes:
-    im = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+def encode(im: Image.Image, spec: ImageSpec) -> bytes:
     buf = io.BytesIO()
     fmt = _PIL_ENCODE[spec.encode_format]
     if fmt == "PNG":
@@ -188,11 +192,9 @@ def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
             # Decode at the smallest DCT scale that still covers the target size.
             im.draft("RGB", target_size(width, height, spec))
         im.load()
-        arr = _to_rgb(im)
-        arr = resize(arr, spec, (width, height))
-        out_h, out_w = arr.shape[:2]
+        out = resize(_to_rgb(im), spec, (width, height))
         return ImageResult(
-            data=encode(arr, spec), width=out_w, height=out_h, original_width=width, original_height=height
+            data=encode(out, spec), width=out.width, height=out.height, original_width=width, original_height=height
         )
     except Image.DecompressionBombError as e:
         return _refuse("decompression_bomb", str(e))

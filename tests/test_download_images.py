@@ -28,21 +28,27 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 SIZES = [(1600, 1200), (1200, 1600), (1024, 768), (500, 333), (1000, 255), (640, 480), (300, 300), (200, 150), (99, 100)]
 
 
+@pytest.mark.parametrize("only_if_bigger", [False, True])
 @pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "no"])
-def test_sizes_and_pixels_match_img2dataset(mode):
+def test_sizes_and_pixels_match_img2dataset(mode, only_if_bigger):
     from img2dataset.resizer import Resizer
 
-    theirs = Resizer(image_size=256, resize_mode=mode, resize_only_if_bigger=False)
-    spec = ImageSpec(image_size=256, resize_mode=mode, min_bytes=0)
+    theirs = Resizer(image_size=256, resize_mode=mode, resize_only_if_bigger=only_if_bigger)
+    exact = ImageSpec(image_size=256, resize_mode=mode, resize_only_if_bigger=only_if_bigger, min_bytes=0, draft=False)
+    fast = ImageSpec(image_size=256, resize_mode=mode, resize_only_if_bigger=only_if_bigger, min_bytes=0, draft=True)
     for i, (w, h) in enumerate(SIZES):
         data = jpeg(w, h, seed=i)
-        mine = process_image(data, spec)
         ref_bytes, rw, rh, row, roh, err = theirs(io.BytesIO(data))
-        assert err is None and mine.ok, (mode, w, h, mine.error)
-        assert (mine.width, mine.height, mine.original_width, mine.original_height) == (rw, rh, row, roh), (mode, w, h)
-        # Same resampling (INTER_AREA down, LANCZOS4 up) and white borders; draft decoding and
-        # the encoder may differ by noise only.
-        assert psnr(decode(mine.data), decode(ref_bytes)) > 32, (mode, w, h)
+        assert err is None
+        reference = decode(ref_bytes)
+        for spec in (exact, fast):
+            mine = process_image(data, spec)
+            assert mine.ok, (mode, w, h, mine.error)
+            assert (mine.width, mine.height, mine.original_width, mine.original_height) == (rw, rh, row, roh), (mode, w, h)
+        # Without draft decoding: img2dataset's pixels exactly (same filters, same JPEG encoder).
+        assert psnr(decode(process_image(data, exact).data), reference) == 99.0, (mode, w, h)
+        # With it: resampling noise only.
+        assert psnr(decode(process_image(data, fast).data), reference) > 32, (mode, w, h)
 
 
 def test_target_size_rounding():

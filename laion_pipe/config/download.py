@@ -21,7 +21,12 @@ class DownloadConfig(Section):
     draft: bool = Field(
         True, description="decode JPEGs at 1/2, 1/4 or 1/8 scale when the target is that much smaller (same output up to resampling noise, several times faster)"
     )
-    decode_threads: int = Field(2, ge=1, description="threads per shard that decode, resize and encode images (the codecs release the GIL)")
+    decode_threads: int = Field(
+        0,
+        ge=0,
+        description="threads per shard that decode, resize and encode images; 0 (least CPU per image): on the network loop's own thread, "
+        "right when Dask runs one shard per core (the default cluster); raise it when fewer shards than cores run at once",
+    )
 
     # --- HTTP client
     threads: int = Field(64, ge=1, description="requests in flight per shard (asyncio, not OS threads)")

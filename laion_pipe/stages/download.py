@@ -30,7 +30,11 @@ fingerprint it came from).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import hashlib
+import sys
 import tarfile
 import time
 from collections import Counter
@@ -117,6 +121,26 @@ def output_settings(cfg) -> dict[str, Any]:
     return {k: getattr(cfg, k) for k in keep}
 
 
+@functools.cache
+def relax_malloc_trimming() -> bool:
+    """Let glibc keep image-sized buffers in the heap in this process.
+
+    Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting any malloc threshold
+    also freezes glibc's mmap threshold at 128 kB, so every body, decoded image and encoded
+    image (100 kB - 1 MB) is mmap'd, page-faulted in and unmapped again: measured here as
+    +1.7 ms of system time per image (+35% CPU). Raising both thresholds for the worker process
+    (the memory it may keep unreturned is then a few tens of MB) removes that cost.
+    Returns whether the tuning applied (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 16 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))
+    except (OSError, AttributeError):  # not glibc (musl, ...): leave malloc alone
+        return False
+
+
 def sample_key(shard: int, index: int, digits: int) -> str:
     """img2dataset's key: shard number then the row's index in the shard, zero-padded."""
     return f"{shard:05d}{index:0{digits}d}"
@@ -189,7 +213,17 @@ async def _fetch_all(samples: Iterable[Sample], cfg, spec: ImageSpec, sink: Sink
     called on the loop thread as each one finishes (image is None for a failed sample)."""
     loop = asyncio.get_running_loop()
     it = iter(samples)
-    with ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(max(cfg.decode_threads, 1), thread_name_prefix="decode") as pool:
+        if cfg.decode_threads == 0:
+
+            async def decode(body: bytes) -> tuple[ImageResult, str]:
+                return _decode(body, spec)
+
+        else:
+
+            async def decode(body: bytes) -> tuple[ImageResult, str]:
+                return await loop.run_in_executor(pool, _decode, body, spec)
+
         async with Fetcher(cfg) as fetcher:
 
             async def worker() -> None:
@@ -202,7 +236,7 @@ async def _fetch_all(samples: Iterable[Sample], cfg, spec: ImageSpec, sink: Sink
                     if not res.ok:
                         sink(sample, _meta(sample, FAILED_TO_DOWNLOAD, res.reason, res.error, None, None), None)
                         continue
-                    img, sha = await loop.run_in_executor(pool, _decode, res.body, spec)
+                    img, sha = await decode(res.body)
                     del res
                     if not img.ok:
                         sink(sample, _meta(sample, _status_for(img.reason), img.reason, img.error, img, sha), None)
@@ -333,6 +367,7 @@ def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
 
 def process(part: Partition, out: str, wf) -> Outcome:
     cfg = wf.download
+    relax_malloc_trimming()
     subset, shard = part.param("subset"), part.param("shard")
     paths = shard_paths(subset, shard)
     if part.param("retry"):
