@@ -10,7 +10,7 @@ Models are loaded once per process (Dask workers keep them between partitions).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +45,8 @@ class LanguageID:
     model_path: str | None = None
     threshold: float = 0.5
     english: Sequence[str] = ("en",)
+    cache_size: int = 200_000
+    _cache: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_config(cls, cfg) -> LanguageID:
@@ -54,25 +56,32 @@ class LanguageID:
         """Top language code and its probability for each text.
 
         One `predict` per text: fasttext-predict's batch call returns labels without their
-        probabilities, and the per-call overhead is small (~4 us a text with lid.176.ftz)."""
+        probabilities. A predict costs ~5-20 us with lid.176.ftz, so repeated texts (site
+        furniture like "Logo", captions reused across pages) are looked up in a bounded cache."""
         model = load_model(self.model_path)
         native = getattr(model, "f", None)
+        cache = self._cache
         langs: list[str] = []
         scores: list[float] = []
         n = len(_LABEL)
-        for t in texts:
-            if "\n" in t:
-                t = t.replace("\n", " ")
-            if t.isupper():  # lid.176 reads all-caps Latin text as other languages
-                t = t.lower()
-            if native is not None:  # the binding itself: skips a Python wrapper per text
-                pred = native.predict(t + "\n", 1, 0.0, "replace")
-                prob, label = pred[0] if pred else (0.0, "")
-            else:
-                labels, probs = model.predict(t)
-                prob, label = (probs[0], labels[0]) if labels else (0.0, "")
-            langs.append(label[n:])
-            scores.append(min(float(prob), 1.0))
+        for text in texts:
+            hit = cache.get(text)
+            if hit is None:
+                t = text.replace("\n", " ") if "\n" in text else text
+                if t.isupper():  # lid.176 reads all-caps Latin text as other languages
+                    t = t.lower()
+                if native is not None:  # the binding itself: skips a Python wrapper per text
+                    pred = native.predict(t + "\n", 1, 0.0, "replace")
+                    prob, label = pred[0] if pred else (0.0, "")
+                else:
+                    labels, probs = model.predict(t)
+                    prob, label = (probs[0], labels[0]) if labels else (0.0, "")
+                hit = (label[n:], min(float(prob), 1.0))
+                if len(cache) >= self.cache_size:
+                    cache.clear()
+                cache[text] = hit
+            langs.append(hit[0])
+            scores.append(hit[1])
         return langs, scores
 
     def subset_of(self, lang: str, score: float) -> str:

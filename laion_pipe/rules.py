@@ -72,9 +72,14 @@ def repair(s: str) -> str:
     """`ftfy.fix_text(s)`, without paying for it (~25 us a call) when it would change nothing
     but Unicode normalization: no mojibake (`is_bad`, ftfy's own test before it tries any
     re-decoding) and no character one of its other fixers acts on. Tests check equality."""
-    if _FTFY_TRIGGER.search(s) or (not s.isascii() and is_bad(s)):
+    if s.isascii():
+        # ASCII can only hold ftfy's HTML entities, escapes and control characters.
+        if "&" not in s and (s.isprintable() or not _FTFY_TRIGGER.search(s)):
+            return s
         return ftfy.fix_text(s)
-    return s if s.isascii() or unicodedata.is_normalized("NFC", s) else unicodedata.normalize("NFC", s)
+    if _FTFY_TRIGGER.search(s) or is_bad(s):
+        return ftfy.fix_text(s)
+    return s if unicodedata.is_normalized("NFC", s) else unicodedata.normalize("NFC", s)
 
 
 def clean_text(raw: str, max_chars: int = 2000) -> str:

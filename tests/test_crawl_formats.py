@@ -154,3 +154,50 @@ def test_envelope_target_uri_used_when_the_warc_header_lacks_it(tmp_path):
     path.write_bytes(frame_record(*recs[0]) + frame_record(headers, orjson.dumps(doc)))
     (page,) = [p for p in iter_pages(str(path)) if not isinstance(p, ReadError)]
     assert page.page_url == PAGE.url
+
+
+# ---------------------------------------------------------------------------------------------
+# The WAT reader's fast path (msgspec structs) must read every record as the careful path does.
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from laion_pipe.crawl.pages import BadRecord  # noqa: E402
+from laion_pipe.crawl.wat import page_from_doc, page_from_wat  # noqa: E402
+
+_STR = st.sampled_from(["/a.jpg", "b.png?x=1&amp;y=2", "", "a &eacute; b", "http://creativecommons.org/licenses/by/4.0/", "x"])
+_ANY = st.one_of(st.none(), _STR, st.integers(-5, 5), st.lists(_STR, max_size=2))
+_LINK = st.one_of(
+    st.fixed_dictionaries({"path": st.sampled_from(["IMG@/src", "A@/href", "LINK@/href", "IMG@/longdesc"])},
+                          optional={"url": _ANY, "alt": _ANY, "text": _STR, "title": _STR}),
+    _STR, st.integers(-5, 5),
+)
+_HEAD = st.one_of(st.fixed_dictionaries({}, optional={"Base": _ANY, "Title": _STR, "Link": st.lists(_LINK, max_size=2)}), _STR)
+_HTML = st.fixed_dictionaries({}, optional={"Links": st.one_of(st.lists(_LINK, max_size=6), _STR, st.none()), "Head": _HEAD})
+_DOC = st.fixed_dictionaries({}, optional={"Envelope": st.one_of(st.none(), _STR, st.fixed_dictionaries({}, optional={
+    "WARC-Header-Metadata": st.fixed_dictionaries({}, optional={"WARC-Target-URI": _ANY}),
+    "Payload-Metadata": st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+        "HTTP-Response-Metadata": st.one_of(st.none(), _STR, st.fixed_dictionaries({}, optional={"HTML-Metadata": st.one_of(_HTML, _STR, st.none())})),
+    })),
+}))})
+
+
+def _outcome(fn, payload: bytes, uri):
+    try:
+        page = fn(payload, uri, 0)
+    except BadRecord as e:
+        return ("error", e.kind)
+    if page is None or not page.images and not page.warnings:
+        return None  # nothing to extract either way
+    return page.page_url, page.images, page.base, page.license, page.warnings
+
+
+@settings(max_examples=400, deadline=None)
+@given(_DOC, st.sampled_from([None, "https://p.example/x/y.html"]), st.booleans())
+def test_fast_wat_path_reads_records_as_the_careful_path(doc, uri, utf8_damage):
+    payload = orjson.dumps(doc)
+    if utf8_damage:
+        payload = payload.replace("é".encode(), b"\xe9")
+    if b"IMG@" not in payload:
+        payload = payload[:-1] + b', "note": "IMG@"}' if payload != b"{}" else b'{"note": "IMG@"}'
+    assert _outcome(page_from_wat, payload, uri) == _outcome(page_from_doc, payload, uri)

@@ -369,57 +369,85 @@ def write_warc(pages: Iterable[Page], path: str, *, compress: bool | None = None
 _WORDS: dict[str, tuple[list[str], list[str], list[str]]] = {
     # language: (adjectives, nouns, phrases joining them)
     "en": (
-        ["red", "old", "beautiful", "small", "wooden", "modern", "sunny", "quiet", "green", "famous"],
-        ["house", "mountain", "river", "kitchen", "garden", "bicycle", "castle", "beach", "market", "bridge"],
+        ["red", "old", "beautiful", "small", "wooden", "modern", "sunny", "quiet", "green", "famous", "large", "blue", "ancient", "busy", "snowy", "bright", "empty", "crowded", "narrow", "golden", "rustic", "tiny"],
+        ["house", "mountain", "river", "kitchen", "garden", "bicycle", "castle", "beach", "market", "bridge", "church", "harbour", "street", "forest", "lake", "train", "village", "tower", "island", "library", "farm", "square"],
         ["a {a} {n} near the {n2}", "the {a} {n} in the morning", "photo of a {a} {n} with a {n2}",
-         "view of the {n} from the {a} {n2}"],
+         "view of the {n} from the {a} {n2}",
+         "close-up of the {a} {n}", "our {a} {n} after the rain", "{a} {n} and {n2} at sunset"],
     ),
     "de": (
-        ["rote", "alte", "schöne", "kleine", "moderne", "sonnige", "ruhige", "grüne", "berühmte", "hölzerne"],
-        ["Haus", "Berg", "Fluss", "Küche", "Garten", "Fahrrad", "Burg", "Strand", "Markt", "Brücke"],
+        ["rote", "alte", "schöne", "kleine", "moderne", "sonnige", "ruhige", "grüne", "berühmte", "hölzerne", "große", "blaue", "uralte", "belebte", "verschneite", "helle", "leere", "volle", "schmale", "goldene", "rustikale", "winzige"],
+        ["Haus", "Berg", "Fluss", "Küche", "Garten", "Fahrrad", "Burg", "Strand", "Markt", "Brücke", "Kirche", "Hafen", "Straße", "Wald", "See", "Zug", "Dorf", "Turm", "Insel", "Bibliothek", "Hof", "Platz"],
         ["eine {a} {n} neben dem {n2}", "das {a} {n} am Morgen mit dem {n2}", "Foto von einem {n} und der {a} {n2}",
-         "Blick auf den {n} über die {a} {n2}"],
+         "Blick auf den {n} über die {a} {n2}",
+         "Nahaufnahme der {a} {n}", "unser {a} {n} nach dem Regen", "{a} {n} und {n2} bei Sonnenuntergang"],
     ),
     "fr": (
-        ["rouge", "vieille", "belle", "petite", "moderne", "ensoleillée", "calme", "verte", "célèbre", "ancienne"],
-        ["maison", "montagne", "rivière", "cuisine", "jardin", "vélo", "château", "plage", "marché", "pont"],
+        ["rouge", "vieille", "belle", "petite", "moderne", "ensoleillée", "calme", "verte", "célèbre", "ancienne", "grande", "bleue", "antique", "animée", "enneigée", "lumineuse", "vide", "bondée", "étroite", "dorée", "rustique", "minuscule"],
+        ["maison", "montagne", "rivière", "cuisine", "jardin", "vélo", "château", "plage", "marché", "pont", "église", "port", "rue", "forêt", "lac", "train", "village", "tour", "île", "bibliothèque", "ferme", "place"],
         ["une {n} {a} près de la {n2}", "la {n} {a} le matin avec le {n2}", "photo d'une {n} et du {n2} {a}",
-         "vue sur la {n} depuis le {n2}"],
+         "vue sur la {n} depuis le {n2}",
+         "gros plan sur la {n} {a}", "notre {n} {a} après la pluie", "la {n} et le {n2} au coucher du soleil"],
     ),
     "es": (
-        ["roja", "vieja", "hermosa", "pequeña", "moderna", "soleada", "tranquila", "verde", "famosa", "antigua"],
-        ["casa", "montaña", "río", "cocina", "jardín", "bicicleta", "castillo", "playa", "mercado", "puente"],
+        ["roja", "vieja", "hermosa", "pequeña", "moderna", "soleada", "tranquila", "verde", "famosa", "antigua", "grande", "azul", "antiquísima", "concurrida", "nevada", "luminosa", "vacía", "llena", "estrecha", "dorada", "rústica", "diminuta"],
+        ["casa", "montaña", "río", "cocina", "jardín", "bicicleta", "castillo", "playa", "mercado", "puente", "iglesia", "puerto", "calle", "bosque", "lago", "tren", "pueblo", "torre", "isla", "biblioteca", "granja", "plaza"],
         ["una {n} {a} cerca del {n2}", "la {n} {a} por la mañana con el {n2}", "foto de una {n} y el {n2}",
-         "vista de la {n} desde el {n2}"],
+         "vista de la {n} desde el {n2}",
+         "primer plano de la {n} {a}", "nuestra {n} {a} después de la lluvia", "la {n} y el {n2} al atardecer"],
     ),
     "it": (
-        ["rossa", "vecchia", "bella", "piccola", "moderna", "soleggiata", "tranquilla", "verde", "famosa", "antica"],
-        ["casa", "montagna", "fiume", "cucina", "giardino", "bicicletta", "castello", "spiaggia", "mercato", "ponte"],
+        ["rossa", "vecchia", "bella", "piccola", "moderna", "soleggiata", "tranquilla", "verde", "famosa", "antica", "grande", "azzurra", "antichissima", "affollata", "innevata", "luminosa", "vuota", "piena", "stretta", "dorata", "rustica", "minuscola"],
+        ["casa", "montagna", "fiume", "cucina", "giardino", "bicicletta", "castello", "spiaggia", "mercato", "ponte", "chiesa", "porto", "strada", "foresta", "lago", "treno", "villaggio", "torre", "isola", "biblioteca", "fattoria", "piazza"],
         ["una {n} {a} vicino al {n2}", "la {n} {a} di mattina con il {n2}", "foto di una {n} e del {n2}",
-         "vista della {n} dal {n2}"],
+         "vista della {n} dal {n2}",
+         "primo piano della {n} {a}", "la nostra {n} {a} dopo la pioggia", "la {n} e il {n2} al tramonto"],
     ),
     "ru": (
-        ["красный", "старый", "красивый", "маленький", "современный", "солнечный", "тихий", "зелёный", "известный", "деревянный"],
-        ["дом", "гора", "река", "кухня", "сад", "велосипед", "замок", "пляж", "рынок", "мост"],
+        ["красный", "старый", "красивый", "маленький", "современный", "солнечный", "тихий", "зелёный", "известный", "деревянный", "большой", "синий", "древний", "шумный", "заснеженный", "светлый", "пустой", "людный", "узкий", "золотой", "сельский", "крошечный"],
+        ["дом", "гора", "река", "кухня", "сад", "велосипед", "замок", "пляж", "рынок", "мост", "храм", "порт", "улица", "лес", "озеро", "поезд", "деревня", "башня", "остров", "библиотека", "ферма", "площадь"],
         ["{a} {n} рядом с рекой и {n2}", "фотография: {a} {n} утром", "вид на {n} и {a} {n2} с горы",
-         "это {a} {n} в нашем городе"],
+         "это {a} {n} в нашем городе",
+         "крупным планом: {a} {n}", "наш {a} {n} после дождя", "{a} {n} и {n2} на закате"],
     ),
     "ja": (
-        ["赤い", "古い", "美しい", "小さな", "現代的な", "静かな", "緑の", "有名な", "木製の", "明るい"],
-        ["家", "山", "川", "台所", "庭", "自転車", "城", "海岸", "市場", "橋"],
-        ["{n2}の近くにある{a}{n}です", "朝の{a}{n}の写真", "{n2}から見た{a}{n}の景色", "私たちの町の{a}{n}"],
+        ["赤い", "古い", "美しい", "小さな", "現代的な", "静かな", "緑の", "有名な", "木製の", "明るい", "大きな", "青い", "古代の", "にぎやかな", "雪の", "明るい色の", "空っぽの", "混雑した", "狭い", "金色の", "素朴な", "小さい"],
+        ["家", "山", "川", "台所", "庭", "自転車", "城", "海岸", "市場", "橋", "教会", "港", "通り", "森", "湖", "電車", "村", "塔", "島", "図書館", "農場", "広場"],
+        ["{n2}の近くにある{a}{n}です", "朝の{a}{n}の写真", "{n2}から見た{a}{n}の景色", "私たちの町の{a}{n}",
+         "雨上がりの{a}{n}", "夕暮れの{a}{n}と{n2}", "{a}{n}のクローズアップ"],
     ),
     "zh": (
-        ["红色的", "古老的", "美丽的", "小", "现代的", "安静的", "绿色的", "著名的", "木制的", "明亮的"],
-        ["房子", "山", "河", "厨房", "花园", "自行车", "城堡", "海滩", "市场", "桥"],
-        ["{n2}旁边的{a}{n}", "早上{a}{n}的照片", "从{n2}看{a}{n}的风景", "我们城市里{a}{n}"],
+        ["红色的", "古老的", "美丽的", "小", "现代的", "安静的", "绿色的", "著名的", "木制的", "明亮的", "大", "蓝色的", "古代的", "热闹的", "下雪的", "明亮", "空荡荡的", "拥挤的", "狭窄的", "金色的", "朴素的", "小小的"],
+        ["房子", "山", "河", "厨房", "花园", "自行车", "城堡", "海滩", "市场", "桥", "教堂", "港口", "街道", "森林", "湖", "火车", "村庄", "塔", "岛", "图书馆", "农场", "广场"],
+        ["{n2}旁边的{a}{n}", "早上{a}{n}的照片", "从{n2}看{a}{n}的风景", "我们城市里{a}{n}",
+         "雨后{a}{n}", "日落时{a}{n}和{n2}", "{a}{n}的特写"],
     ),
 }
 
 _HOSTS = ["www.example.com", "blog.example.org", "shop.example.net", "news.example.de", "photos.example.fr",
           "cdn.example.io", "www.example.es", "www.example.it", "www.example.ru", "www.example.jp", "www.example.cn"]
-_NOLANG_ALTS = ["IMG_20240101_123456", "DSC01234", "12345678", "banner-728x90", "logo", "", "image", "➜ ➜ ➜",
-                "photo 1", "P1010203.JPG"]
+_CHROME_ALTS = ["Logo", "Facebook", "Twitter", "Instagram", "YouTube", "Pinterest", "LinkedIn", "Search",
+                "Home", "RSS feed", "Print this page", "Share on Facebook", "Back to top", "Menu", "Close"]
+
+
+def _nolang_alt(rng: random.Random) -> str:
+    """File-name-like or empty alt texts, varied like real ones (camera names, sizes, ids)."""
+    kind = rng.randrange(8)
+    if kind == 0:
+        return f"IMG_2024{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}_{rng.randrange(10**6):06d}"
+    if kind == 1:
+        return f"DSC{rng.randrange(10**5):05d}"
+    if kind == 2:
+        return str(rng.randrange(10**7, 10**8))
+    if kind == 3:
+        return f"banner-{rng.choice([728, 468, 300, 160])}x{rng.choice([90, 60, 250, 600])}"
+    if kind == 4:
+        return ""
+    if kind == 5:
+        return f"P{rng.randrange(10**7):07d}.JPG"
+    if kind == 6:
+        return "➜ ➜ ➜"
+    return f"photo {rng.randrange(1, 40)}"
 
 
 def sentence(lang: str, rng: random.Random) -> str:
@@ -432,6 +460,14 @@ def sentence(lang: str, rng: random.Random) -> str:
 LANGUAGES: tuple[str, ...] = tuple(_WORDS)
 
 
+def caption(lang: str, rng: random.Random) -> str:
+    """An alt text: one phrase, or two joined as captions often are."""
+    text = sentence(lang, rng)
+    if rng.random() < 0.4:
+        text += rng.choice([", ", " - ", ". "]) + sentence(lang, rng)
+    return text
+
+
 @dataclass
 class Mix:
     """How often each kind of image appears in `random_pages` (probabilities per image).
@@ -442,6 +478,7 @@ class Mix:
 
     no_alt: float = 0.5
     nolang_alt: float = 0.08
+    chrome_alt: float = 0.04  # site furniture ("Logo", "Facebook"): the same texts on every site
     relative: float = 0.25
     protocol_relative: float = 0.08
     bad_source: float = 0.06  # data:, javascript:, .svg, .gif
@@ -501,9 +538,11 @@ def random_pages(n: int, seed: int = 0, mix: Mix | None = None) -> Iterator[Page
             if a < mix.no_alt:
                 alt: str | None = None
             elif a < mix.no_alt + mix.nolang_alt:
-                alt = rng.choice(_NOLANG_ALTS)
+                alt = _nolang_alt(rng)
+            elif a < mix.no_alt + mix.nolang_alt + mix.chrome_alt:
+                alt = rng.choice(_CHROME_ALTS)
             else:
-                alt = sentence(lang if rng.random() < 0.9 else rng.choice(langs), rng)
+                alt = caption(lang if rng.random() < 0.9 else rng.choice(langs), rng)
                 if rng.random() < mix.dirty_text:
                     alt = _dirty(alt, rng)
             img = Img(src, alt, title=alt if rng.random() < 0.1 else None)

@@ -32,6 +32,7 @@ VERSION = 1
 """Bump when a change of this stage's code changes its output, so done partitions are redone."""
 
 _IMMUTABLE = "/crawl-data/CC-MAIN-"
+_CACHE_SIZE = 200_000
 
 
 def output_path(key: str, subset: str) -> str:
@@ -141,6 +142,7 @@ def process(part: Partition, out: str, wf) -> Outcome:
     oversized = cfg.oversized_text_chars
     max_chars = rules.max_text_chars
     hash64 = mmh3.hash64
+    cleaned: dict[str, str] = {}  # raw alt -> clean text: site furniture repeats on every page
 
     with ExitStack() as stack:
         writers: dict[str, pq.ParquetWriter] = {}
@@ -167,7 +169,12 @@ def process(part: Partition, out: str, wf) -> Outcome:
                     continue
                 if len(alt) > oversized:
                     outcome.error("oversized_text", f"alt text of {len(alt)} characters, truncated", item.offset)
-                text = clean_text(alt, max_chars)
+                text = cleaned.get(alt)
+                if text is None:
+                    text = clean_text(alt, max_chars)
+                    if len(cleaned) >= _CACHE_SIZE:
+                        cleaned.clear()
+                    cleaned[alt] = text
                 reason = text_reason(text, rules)
                 if reason is not None:
                     drops[reason] += 1
