@@ -45,7 +45,8 @@ class LanguageID:
     model_path: str | None = None
     threshold: float = 0.5
     english: Sequence[str] = ("en",)
-    cache_size: int = 200_000
+    cache_size: int = 50_000
+    cache_text_chars: int = 256
     _cache: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -77,9 +78,10 @@ class LanguageID:
                     labels, probs = model.predict(t)
                     prob, label = (probs[0], labels[0]) if labels else (0.0, "")
                 hit = (label[n:], min(float(prob), 1.0))
-                if len(cache) >= self.cache_size:
-                    cache.clear()
-                cache[text] = hit
+                if len(text) <= self.cache_text_chars:  # repeats are short ones; bounded memory
+                    if len(cache) >= self.cache_size:
+                        cache.clear()
+                    cache[text] = hit
             langs.append(hit[0])
             scores.append(hit[1])
         return langs, scores

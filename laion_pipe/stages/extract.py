@@ -32,7 +32,8 @@ VERSION = 1
 """Bump when a change of this stage's code changes its output, so done partitions are redone."""
 
 _IMMUTABLE = "/crawl-data/CC-MAIN-"
-_CACHE_SIZE = 200_000
+_CACHE_SIZE = 50_000  # entries of the cleaning cache; with _CACHE_TEXT_CHARS, at most ~50 MB
+_CACHE_TEXT_CHARS = 256
 
 
 def output_path(key: str, subset: str) -> str:
@@ -172,9 +173,10 @@ def process(part: Partition, out: str, wf) -> Outcome:
                 text = cleaned.get(alt)
                 if text is None:
                     text = clean_text(alt, max_chars)
-                    if len(cleaned) >= _CACHE_SIZE:
-                        cleaned.clear()
-                    cleaned[alt] = text
+                    if len(alt) <= _CACHE_TEXT_CHARS:  # repeats are short; a huge alt must not stay in memory
+                        if len(cleaned) >= _CACHE_SIZE:
+                            cleaned.clear()
+                        cleaned[alt] = text
                 reason = text_reason(text, rules)
                 if reason is not None:
                     drops[reason] += 1
