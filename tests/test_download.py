@@ -157,7 +157,7 @@ def test_keys_are_stable_and_reruns_skip_done_shards(tmp_path, dask_client):
             s.route(f"/{i}.jpg", srv.static(jpeg(400, 300, seed=i)))
         write_part(tmp_path, "en", 0, [s.url(f"/{i}.jpg") for i in range(6)])
         write_part(tmp_path, "multi", 0, [s.url(f"/{i}.jpg") for i in (5, 4)])
-        wf = workflow(decode_threads=2)  # the decode thread pool path (the others decode on the loop)
+        wf = workflow(decode_threads=0)  # decoding on the loop's thread (the other tests use the pool)
         report = download.run(str(tmp_path), wf, dask_client)
         assert report.complete and report.done == 2 and report.kept == {"en": 6, "multi": 2}
         first = {r["key"]: r["url"] for r in pq.read_table(tmp_path / "images" / "en" / "00000.parquet").to_pylist()}
@@ -167,7 +167,7 @@ def test_keys_are_stable_and_reruns_skip_done_shards(tmp_path, dask_client):
         again = download.run(str(tmp_path), wf, dask_client)
         assert again.skipped == 2 and again.done == 0 and s.requests == requests, "done shards are not fetched again"
         # Concurrency or timeout changes do not redo finished shards...
-        assert download.run(str(tmp_path), workflow(threads=3, timeout=7.0, decode_threads=0), dask_client).skipped == 2
+        assert download.run(str(tmp_path), workflow(threads=3, timeout=7.0, decode_threads=3), dask_client).skipped == 2
         # ...output settings do, with the same keys.
         redo = download.run(str(tmp_path), workflow(image_size=128), dask_client)
         assert redo.done == 2
