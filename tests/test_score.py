@@ -145,6 +145,7 @@ def test_decoding_overlaps_with_model_compute(tmp_path, models_cfg, monkeypatch)
         return res
 
     real_score = type(models).score_images
+    threads_before = torch.get_num_threads()
 
     def slow_score(self, tensors, text_emb):
         t0 = time.perf_counter()
@@ -159,6 +160,7 @@ def test_decoding_overlaps_with_model_compute(tmp_path, models_cfg, monkeypatch)
     assert table["status"].to_pylist() == ["ok"] * 16 and len(model_spans) == 4
     overlapping = [d for d in decode_spans if any(m0 < d[0] < m1 for m0, m1 in model_spans)]
     assert len(overlapping) >= 4, (decode_spans, model_spans)
+    assert torch.get_num_threads() == threads_before  # decode threads went single-threaded, not the model
 
 
 def test_embeddings_in_clip_retrieval_layout(tmp_path, models_cfg):

@@ -10,10 +10,11 @@ Why it is built the way it is:
   are loaded once per worker process and cached by configuration and device: loading a CLIP takes
   longer than scoring a shard on a GPU.
 - The model is the expensive part, so it must never wait for JPEG decoding: a reader thread
-  streams the tar and hands images to a pool of decode threads (PIL and torch release the GIL
-  while decoding, resizing and normalising) through a bounded queue, while the main thread runs
-  the model on the previous batch. Threads rather than DataLoader processes because Dask worker
-  processes are daemonic and may not fork children.
+  streams the tar into a pool of decode threads (PIL and torch release the GIL while decoding,
+  resizing and normalising), a collator thread stacks the results into batches (pinned on CUDA)
+  and the model's thread only moves ready batches to the device and runs the models, all joined
+  by bounded queues. Threads rather than DataLoader processes because Dask worker processes are
+  daemonic and may not fork children.
 - Captions repeat (alt texts such as "image" or a product name): each distinct caption of a shard
   goes through the text tower once.
 - A record that cannot be scored (undecodable image, image missing from the tar) gets status
@@ -26,7 +27,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,20 +125,22 @@ class ScoreModels:
             pre.append(self.watermark.preprocess)
         return pre
 
-    def to_device(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        x = torch.stack(tensors)
-        if self.device.startswith("cuda"):  # pinned: the copy overlaps with the previous batch's compute
-            return x.pin_memory().to(self.device, non_blocking=True)
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A stacked batch onto the model's device (pinned by the collator on CUDA, so the copy
+        is asynchronous)."""
+        if self.device.startswith("cuda"):
+            return x.to(self.device, non_blocking=True)
         return x
 
     def encode_texts(self, texts: list[str], batch_size: int) -> torch.Tensor:
         return self.clips[0].encode_texts(texts, batch_size=batch_size)
 
-    def score_images(self, tensors: list[tuple[torch.Tensor, ...]], text_emb: torch.Tensor) -> dict[str, Any]:
-        """One batch: image embeddings, their cosine with their captions' embeddings, the heads."""
-        n = len(tensors)
+    def score_images(self, stacked: list[torch.Tensor], text_emb: torch.Tensor) -> dict[str, Any]:
+        """One batch (one stacked tensor per preprocessor): image embeddings, their cosine with
+        their captions' embeddings, the heads."""
+        n = len(stacked[0])
         with torch.inference_mode():
-            embs = [clip.encode_images(self.to_device([t[i] for t in tensors])) for i, clip in enumerate(self.clips)]
+            embs = [clip.encode_images(self.to_device(stacked[i])) for i, clip in enumerate(self.clips)]
             out: dict[str, Any] = {
                 "embedding": embs[0],
                 "similarity": np.asarray(self.clips[0].similarity(embs[0], text_emb), dtype=np.float32),
@@ -146,7 +149,7 @@ class ScoreModels:
                 "pwatermark": np.full(n, np.nan, np.float32),
             }
             if self.watermark is not None:
-                wm = self.to_device([t[len(self.clips)] for t in tensors])
+                wm = self.to_device(stacked[len(self.clips)])
                 out["pwatermark"] = np.asarray(_cpu(self.watermark.score(wm)), dtype=np.float32).reshape(n)
         return out
 
@@ -275,56 +278,138 @@ def iter_tar_samples(tar_path: str) -> Iterator[dict]:
 _END = object()
 
 
-class _Prefetcher:
-    """Reads a tar in a thread and decodes its images in a pool, `depth` images ahead of the
-    consumer; yields (key, Future | None, error) in tar order."""
+def _one_torch_thread() -> None:
+    """Decode-thread initializer: preprocessing tensors are small, and with torch's OpenMP backend
+    every thread that calls a parallel op gets its own team of `cores` threads, so N decode threads
+    would start N x cores threads beside the model's (torch's DataLoader sets one thread in its
+    workers for the same reason). The OpenMP setting is per thread, so the model's own threads are
+    untouched; other backends share one global setting, which must not be lowered: left alone."""
+    if "parallel backend: OpenMP" in torch.__config__.parallel_info():
+        torch.set_num_threads(1)
 
-    def __init__(self, tar_path: str, wanted: set[str], preprocessors: list, threads: int, depth: int) -> None:
+
+@dataclass
+class _Batch:
+    keys: list[str]
+    tensors: list[torch.Tensor]  # one stacked [B, ...] tensor per preprocessor
+
+
+@dataclass
+class _Problem:
+    kind: str  # decode_error | unexpected_member | duplicate_key | tar_unreadable
+    key: str | None
+    message: str
+    offset: int
+
+
+class _BatchPrefetcher:
+    """Everything but the model, off the model's thread, in three stages joined by bounded queues:
+
+    reader thread (streams the tar, submits images) -> decode pool (PIL decode + the models' own
+    preprocessing) -> collator thread (waits for results in tar order, stacks them into batches,
+    pins them on CUDA) -> the consumer, which only moves ready batches onto the device and runs
+    the models. Records that cannot be used come out as `_Problem`s, in order with the batches.
+    At most `prefetch_batches` batches wait ready, and as many more are being decoded."""
+
+    def __init__(self, tar_path: str, wanted: set[str], preprocessors: list, batch_size: int, threads: int,
+                 prefetch_batches: int, pin: bool) -> None:
         self.tar_path, self.wanted, self.pre = tar_path, wanted, preprocessors
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score-decode")
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.batch_size, self.pin = batch_size, pin
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score-decode", initializer=_one_torch_thread)
+        self.items: queue.Queue = queue.Queue(maxsize=batch_size * prefetch_batches)
+        self.ready: queue.Queue = queue.Queue(maxsize=prefetch_batches)
         self.stop = threading.Event()
-        self.reader = threading.Thread(target=self._read, name="score-read", daemon=True)
-        self.reader.start()
+        self.threads = [
+            threading.Thread(target=self._read, name="score-read", daemon=True),
+            threading.Thread(target=self._collate, name="score-collate", daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
 
-    def _put(self, item: Any) -> bool:
+    def _put(self, q: queue.Queue, item: Any) -> bool:
         while not self.stop.is_set():
             try:
-                self.q.put(item, timeout=0.1)
+                q.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
+    def _get(self, q: queue.Queue) -> Any:
+        while not self.stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return _END
+
     def _read(self) -> None:
+        seen: set[str] = set()
+        offset = 0
         try:
-            for sample in iter_tar_samples(self.tar_path):
+            for offset, sample in enumerate(iter_tar_samples(self.tar_path)):
                 key = sample["__key__"]
+                data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
                 if key not in self.wanted:
-                    item = (key, None, "not a downloaded row of the shard's parquet")
+                    item: Any = _Problem("unexpected_member", key, "not a downloaded row of the shard's parquet", offset)
+                elif key in seen:
+                    item = _Problem("duplicate_key", key, "second sample with this key", offset)
+                elif data is None:
+                    item = _Problem("decode_error", key, f"no image member ({', '.join(IMAGE_EXTS)})", offset)
                 else:
-                    data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
-                    if data is None:
-                        item = (key, None, f"no image member ({', '.join(IMAGE_EXTS)})")
-                    else:
-                        item = (key, self.pool.submit(_decode, data, self.pre), None)
-                if not self._put(item):
+                    item = (key, offset, self.pool.submit(_decode, data, self.pre))
+                seen.add(key)
+                if not self._put(self.items, item):
                     return
         except Exception as e:  # a truncated or corrupt tar: what was read so far still counts
-            self._put((None, None, f"tar unreadable: {type(e).__name__}: {e}"))
+            self._put(self.items, _Problem("tar_unreadable", None, f"{type(e).__name__}: {e}", offset))
         finally:
-            self._put(_END)
+            self._put(self.items, _END)
 
-    def __iter__(self) -> Iterator[tuple[str | None, Future | None, str | None]]:
-        while True:
-            item = self.q.get()
-            if item is _END:
-                return
+    def _collate(self) -> None:
+        keys: list[str] = []
+        tensors: list[tuple[torch.Tensor, ...]] = []
+
+        def flush() -> bool:
+            if not keys:
+                return True
+            stacked = [torch.stack([t[i] for t in tensors]) for i in range(len(tensors[0]))]
+            if self.pin:
+                stacked = [x.pin_memory() for x in stacked]
+            ok = self._put(self.ready, _Batch(list(keys), stacked))
+            keys.clear()
+            tensors.clear()
+            return ok
+
+        try:
+            while (item := self._get(self.items)) is not _END:
+                if isinstance(item, _Problem):
+                    if not self._put(self.ready, item):
+                        return
+                    continue
+                key, offset, fut = item
+                try:
+                    tensors.append(fut.result())
+                    keys.append(key)
+                except Exception as e:
+                    if not self._put(self.ready, _Problem("decode_error", key, f"{type(e).__name__}: {e}", offset)):
+                        return
+                if len(keys) >= self.batch_size and not flush():
+                    return
+            flush()
+        except Exception as e:  # never leave the consumer waiting
+            self._put(self.ready, _Problem("tar_unreadable", None, f"collate: {type(e).__name__}: {e}", -1))
+        finally:
+            self._put(self.ready, _END)
+
+    def __iter__(self) -> Iterator[_Batch | _Problem]:
+        while (item := self._get(self.ready)) is not _END:
             yield item
 
     def close(self) -> None:
         self.stop.set()
-        self.reader.join(timeout=10)
+        for t in self.threads:
+            t.join(timeout=10)
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -363,18 +448,20 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
         outcome.counts["unique_captions"] = len(unique_texts)
         bs = wf.score.batch_size
         threads = wf.score.decode_threads or min(8, os.cpu_count() or 1)
-        pre = _Prefetcher(tar_path, set(keys), models.preprocessors(), threads, depth=bs * wf.score.prefetch_batches)
+        prefetch = _BatchPrefetcher(
+            tar_path, set(keys), models.preprocessors(), bs, threads, wf.score.prefetch_batches, pin=models.device.startswith("cuda")
+        )
         try:
-            # the text tower runs while the reader and decoders fill the queue
+            # the text tower runs while the reader, decoders and collator prepare the first batches
             text_emb = models.encode_texts(unique_texts, bs)
-            batch: list[tuple[torch.Tensor, ...]] = []
-            batch_rows: list[int] = []
-            seen: set[str] = set()
-
-            def flush() -> None:
-                if not batch:
-                    return
-                res = models.score_images(batch, text_emb[torch.as_tensor(text_row[batch_rows])])
+            for item in prefetch:
+                if isinstance(item, _Problem):
+                    if item.key is not None and item.kind == "decode_error":
+                        errors[index[item.key]] = item.message[:500]
+                    outcome.error(item.kind, f"{item.key}: {item.message}" if item.key else item.message, item.offset)
+                    continue
+                batch_rows = [index[k] for k in item.keys]
+                res = models.score_images(item.tensors, text_emb[torch.as_tensor(text_row[batch_rows])])
                 for c in SCORE_COLUMNS:
                     scores[c][batch_rows] = res[c]
                 for r in batch_rows:
@@ -382,37 +469,9 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
                 if wf.score.save_embeddings:
                     emb_rows.extend(batch_rows)
                     emb_parts.append(res["embedding"].cpu().numpy().astype(np.float16))
-                outcome.counts["images_scored"] += len(batch)
-                batch.clear()
-                batch_rows.clear()
-
-            for offset, (key, fut, err) in enumerate(pre):
-                if key is None:  # the tar broke off: the rows not seen keep "missing" errors
-                    outcome.error("tar_unreadable", err or "", offset)
-                    continue
-                if key not in index:
-                    outcome.error("unexpected_member", f"{key}: {err}", offset)
-                    continue
-                r = index[key]
-                if key in seen:
-                    outcome.error("duplicate_key", key, offset)
-                    continue
-                seen.add(key)
-                try:
-                    if fut is None:
-                        raise ValueError(err)
-                    tensors = fut.result()
-                except Exception as e:
-                    errors[r] = f"{type(e).__name__}: {e}"[:500]
-                    outcome.error("decode_error", f"{key}: {errors[r]}", offset)
-                    continue
-                batch.append(tensors)
-                batch_rows.append(r)
-                if len(batch) >= bs:
-                    flush()
-            flush()
+                outcome.counts["images_scored"] += len(batch_rows)
         finally:
-            pre.close()
+            prefetch.close()
 
     n_err = status.count(STATUS_ERROR)
     outcome.drop("score_error", subset, n_err)
