@@ -129,8 +129,8 @@ def test_identical_captions_are_encoded_once(tmp_path, models_cfg, monkeypatch):
 def test_decoding_overlaps_with_model_compute(tmp_path, models_cfg, monkeypatch):
     """Slow both sides down and record when each runs: decode work must happen while the model
     is busy with an earlier batch."""
-    write_shard(tmp_path, "en", 0, synthetic_pairs(16, seed=4))
-    wf = make_wf(models_cfg, batch_size=4, decode_threads=2)
+    write_shard(tmp_path, "en", 0, synthetic_pairs(32, seed=4))
+    wf = make_wf(models_cfg, batch_size=4, decode_threads=2, prefetch_batches=1)  # at most ~3 batches ahead
     models = score.load_models(wf, "en")
     decode_spans, model_spans = [], []
     lock = threading.Lock()
@@ -157,7 +157,7 @@ def test_decoding_overlaps_with_model_compute(tmp_path, models_cfg, monkeypatch)
     monkeypatch.setattr(score, "_decode", slow_decode)
     monkeypatch.setattr(type(models), "score_images", slow_score)
     outcome, table = run_one(tmp_path, wf)
-    assert table["status"].to_pylist() == ["ok"] * 16 and len(model_spans) == 4
+    assert table["status"].to_pylist() == ["ok"] * 32 and len(model_spans) == 8
     overlapping = [d for d in decode_spans if any(m0 < d[0] < m1 for m0, m1 in model_spans)]
     assert len(overlapping) >= 4, (decode_spans, model_spans)
     assert torch.get_num_threads() == threads_before  # decode threads went single-threaded, not the model
