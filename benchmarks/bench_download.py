@@ -415,4 +415,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up when piped to a file
     raise SystemExit(main())

@@ -52,6 +52,8 @@ DROP_REASONS: frozenset[str] = frozenset(
         "http_429",
         "timeout",
         "connection_error",
+        "dns_error",
+        "tls_error",
         "blocked_address",
         "opt_out",
         "too_many_redirects",

@@ -11,6 +11,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -107,6 +108,9 @@ def test_shard_is_in_img2dataset_format(world_shard):
     table = pq.read_table(folder / "00007.parquet")
     for col in IMG2DATASET_COLUMNS + list(CANDIDATE_SCHEMA.names) + ["reason"]:
         assert col in table.column_names, col
+    frame = pd.read_parquet(folder / "00007.parquet")  # how img2dataset users load the metadata
+    assert (frame["status"] == "success").sum() == sum(c.status == "success" for c in world.cases)
+    assert frame.loc[frame["status"] == "success", ["width", "height"]].min().min() > 0
     rows = table.to_pylist()
     keys = [r["key"] for r in rows]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 
 import pytest
@@ -228,3 +231,40 @@ def test_connection_refused_is_transient():
     res = fetch_one(world_config(retries=0), f"http://127.0.0.1:{port}/a.jpg")
     assert res.reason == "connection_error"
     assert res.reason in TRANSIENT_REASONS
+
+
+class FailingResolver(AbstractResolver):
+    def __init__(self, errno: int):
+        self.errno = errno
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        raise socket.gaierror(self.errno, "resolver says no")
+
+    async def close(self):
+        pass
+
+
+def test_dns_failures_final_or_transient():
+    cfg = world_config(retries=0)
+    gone = fetch_one(cfg, "http://no-such-host.test/a.jpg", FailingResolver(socket.EAI_NONAME))
+    assert gone.reason == "dns_error" and not gone.transient
+    busy = fetch_one(cfg, "http://busy-resolver.test/a.jpg", FailingResolver(socket.EAI_AGAIN))
+    assert busy.reason == "connection_error" and busy.transient
+
+
+def test_untrusted_certificate_is_a_tls_error(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    with srv.ImageServer(ssl=ctx) as s:
+        s.route("/a.jpg", srv.static(jpeg()))
+        res = fetch_one(world_config(retries=2), s.url("/a.jpg"))
+        assert s.url("/a.jpg").startswith("https://127.0.0.1:")
+        assert (res.reason, res.attempts) == ("tls_error", 1)

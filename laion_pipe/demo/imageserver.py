@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl as ssl_module
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -104,11 +105,12 @@ class ImageServer:
     """Serves routes (exact paths) and blob folders (`/prefix/<anything>/<name>` -> blobs[name])
     from a background thread; counts connections and hits so tests can assert what reached it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, ssl: ssl_module.SSLContext | None = None):
         if not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"ImageServer only binds loopback addresses, not {host}")
         self.host = host
         self.port = port
+        self.ssl = ssl
         self.routes: dict[str, Handler] = {}
         self.blobs: dict[str, tuple[dict[str, bytes], str]] = {}
         self.hits: Counter = Counter()
@@ -133,7 +135,7 @@ class ImageServer:
         self.blobs[prefix.rstrip("/") + "/"] = (blobs, content_type)
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.ssl else 'http'}://{self.host}:{self.port}{path}"
 
     # --- lifecycle
     def start(self) -> ImageServer:
@@ -145,7 +147,7 @@ class ImageServer:
             self._loop = loop
             try:
                 self._server = loop.run_until_complete(
-                    asyncio.start_server(self._serve, self.host, self.port, backlog=1024, reuse_address=True)
+                    asyncio.start_server(self._serve, self.host, self.port, backlog=1024, reuse_address=True, ssl=self.ssl)
                 )
                 self.port = self._server.sockets[0].getsockname()[1]
             except BaseException as e:  # noqa: BLE001 - reported to start()

@@ -146,6 +146,12 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
         return "timeout", msg
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "truncated_body", msg
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "tls_error", msg  # a bad certificate stays bad: not worth a retry
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        # "try again" answers are transient; a name that does not exist is final.
+        transient = isinstance(exc.os_error, socket.gaierror) and exc.os_error.errno == socket.EAI_AGAIN
+        return ("connection_error" if transient else "dns_error"), msg
     if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError | ValueError):
         return "bad_url", msg
     if isinstance(exc, aiohttp.ClientResponseError):

@@ -3,9 +3,9 @@
 
 One Dask task per part (= one shard). Inside it, one asyncio loop keeps `download.threads`
 requests in flight (net/fetch.py: keep-alive, per-host limit, DNS cache, timeouts, retries,
-address guard, opt-outs, size cap) and a small thread pool decodes, checks, resizes and
-encodes the images (images.py; the codecs release the GIL), so network waits and CPU work
-overlap. Images are streamed into the tar as they finish; only the per-sample metadata is
+address guard, opt-outs, size cap) and a small thread pool (`download.decode_threads`)
+decodes, checks, resizes and encodes the images (images.py; the codecs release the GIL), so
+network waits and CPU work overlap. Images are streamed into the tar as they finish; only the per-sample metadata is
 kept in memory.
 
 The format, so tools made for img2dataset output read ours:
@@ -30,10 +30,12 @@ fingerprint it came from).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import hashlib
+import io
 import sys
 import tarfile
 import time
@@ -201,7 +203,8 @@ def _meta(sample: Sample, status: str, reason: str | None, error: str | None, im
 
 
 def _decode(body: bytes, spec: ImageSpec) -> tuple[ImageResult, str]:
-    """Runs in a decode thread: hash the original bytes (as img2dataset does) and make the image."""
+    """Hash the original bytes (as img2dataset does) and make the image (in a decode thread,
+    unless `decode_threads` is 0)."""
     return process_image(body, spec), hashlib.sha256(body).hexdigest()
 
 
@@ -213,16 +216,17 @@ async def _fetch_all(samples: Iterable[Sample], cfg, spec: ImageSpec, sink: Sink
     called on the loop thread as each one finishes (image is None for a failed sample)."""
     loop = asyncio.get_running_loop()
     it = iter(samples)
-    with ThreadPoolExecutor(max(cfg.decode_threads, 1), thread_name_prefix="decode") as pool:
-        if cfg.decode_threads == 0:
-
-            async def decode(body: bytes) -> tuple[ImageResult, str]:
-                return _decode(body, spec)
-
-        else:
+    with contextlib.ExitStack() as stack:
+        if cfg.decode_threads:
+            pool = stack.enter_context(ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode"))
 
             async def decode(body: bytes) -> tuple[ImageResult, str]:
                 return await loop.run_in_executor(pool, _decode, body, spec)
+
+        else:  # on this thread: the loop waits while an image is decoded
+
+            async def decode(body: bytes) -> tuple[ImageResult, str]:
+                return _decode(body, spec)
 
         async with Fetcher(cfg) as fetcher:
 
@@ -257,8 +261,6 @@ def download_samples(samples: list[Sample], cfg, sink: Sink) -> None:
 
 def add_sample(tar: tarfile.TarFile, key: str, members: dict[str, bytes], mtime: float) -> None:
     """Write `{key}.{ext}` members the way webdataset's TarWriter does (sorted extensions)."""
-    import io
-
     for ext in sorted(members):
         data = members[ext]
         ti = tarfile.TarInfo(f"{key}.{ext}")
