@@ -17,7 +17,7 @@ class ScoreConfig(Section):
         "auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$", description="auto (cuda when the worker has a GPU, else cpu), cpu, cuda, cuda:N or mps"
     )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
-        "auto", description="autocast dtype for the models; auto = fp16 on cuda, fp32 elsewhere (half precision on CPU is slower)"
+        "auto", description="CLIP weights' precision; auto = fp16 on cuda, fp32 elsewhere (half precision on CPU is slower)"
     )
     decode_threads: int | None = Field(
         None, ge=1, description="threads that decode and preprocess images while the model runs; default min(8, cores)"

@@ -139,7 +139,7 @@ class ScoreModels:
         """One batch (one stacked tensor per preprocessor): image embeddings, their cosine with
         their captions' embeddings, the heads."""
         n = len(stacked[0])
-        with torch.inference_mode():
+        with torch.no_grad():
             embs = [clip.encode_images(self.to_device(stacked[i])) for i, clip in enumerate(self.clips)]
             out: dict[str, Any] = {
                 "embedding": embs[0],

@@ -69,7 +69,8 @@ class InputShard:
         return f"{self.subset}/{self.shard}"
 
     def identity(self) -> list[str]:
-        return [fsio.fingerprint_of(p) for p in (self.scores, self.meta, self.tar)]
+        """Input identities for fingerprints; a missing file fails its partition, not the plan."""
+        return [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in (self.scores, self.meta, self.tar)]
 
 
 def input_shards(out: str, subsets: tuple[str, ...] = SUBSETS) -> list[InputShard]:
