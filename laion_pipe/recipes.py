@@ -21,8 +21,8 @@ from .schema import SUBSETS
 PRESETS: dict[str, RecipeConfig] = {
     "laion2B-en": RecipeConfig(
         subsets=["en"],
-        min_similarity=0.28,
-        description="LAION-5B's English subset: CLIP ViT-B/32 similarity >= 0.28 (Stable Diffusion v1.1, 237k steps at 256x256)",
+        description="LAION-5B's English subset: similarity >= select.similarity.en, LAION's 0.28 with CLIP ViT-B/32 "
+        "(Stable Diffusion v1.1, 237k steps at 256x256)",
     ),
     "laion-high-resolution": RecipeConfig(
         subsets=["en", "multi", "nolang"],
@@ -45,9 +45,10 @@ PRESETS: dict[str, RecipeConfig] = {
         description="laion2B-en with aesthetic score >= 5.0 (LAION-Aesthetics v2 5+: Stable Diffusion v1.3 to v1.5)",
     ),
 }
-"""Stable Diffusion v1's training subsets. A preset leaves `min_similarity` unset where the model
-card does not name one: the subset's LAION-5B threshold then applies, since these are subsets
-of LAION-5B, whose pairs all passed it."""
+"""Stable Diffusion v1's training subsets. Presets leave `min_similarity` unset: each subset's
+threshold from `select.similarity` applies (LAION's 0.28 / 0.26 by default), since these are all
+subsets of LAION-5B, whose pairs passed it; with another CLIP (the demo's) the configured
+thresholds carry over instead of a number that only means something for ViT-B/32."""
 
 CHECK_ORDER: tuple[str, ...] = ("low_similarity", "side_too_small", "unsafe", "watermark", "low_aesthetic")
 """Drop reasons in the order bounds are checked; index + 1 is the code `reasons()` returns."""

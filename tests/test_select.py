@@ -255,3 +255,13 @@ def test_recipe_reasons_are_vectorised_and_nan_safe():
         "height": np.full(4, 10.0),
     }
     assert en.reasons("en", cols).tolist() == [0, 1, 1, 3]  # keep, low_similarity (first), NaN sim, NaN punsafe
+
+
+def test_presets_follow_the_configured_subset_thresholds():
+    """laion2B-en is 'EN at LAION's threshold': with another CLIP the configured one carries over."""
+    cfg = workflow_from_dict({"select": {"presets": list(PRESETS), "similarity": {"en": 0.7, "multi": 0.6, "nolang": 0.5}}}).select
+    by_name = {r.name: r for r in resolve_recipes(cfg)}
+    assert dict(by_name["laion2B-en"].min_similarity) == {"en": 0.7}
+    assert dict(by_name["laion-high-resolution"].min_similarity) == {"en": 0.7, "multi": 0.6, "nolang": 0.5}
+    assert by_name["laion-improved-aesthetics"].greater_than == ("aesthetic",)
+    assert by_name["laion-aesthetics-v2-5plus"].min_aesthetic == 5.0 and not by_name["laion-aesthetics-v2-5plus"].greater_than
