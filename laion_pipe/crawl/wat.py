@@ -53,9 +53,9 @@ def first_str(value: object) -> str | None:
 
 
 class _Link(msgspec.Struct, gc=False):
-    path: object = None
-    url: object = None
-    alt: object = None
+    path: str = ""
+    url: str | None = None
+    alt: str | None = None
 
 
 class _Head(msgspec.Struct, gc=False):

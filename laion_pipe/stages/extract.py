@@ -16,6 +16,7 @@ from contextlib import ExitStack
 
 import mmh3
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import fsio, runner
@@ -93,39 +94,36 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.urls)
 
-    def add(self, url: str, text: str, page_url: str, license: str | None) -> None:
-        self.urls.append(url)
-        self.texts.append(text)
-        self.pages.append(page_url)
-        self.licenses.append(license)
+    def appenders(self):
+        """The columns' bound `append`s: the per-pair loop calls them without attribute lookups."""
+        return self.urls.append, self.texts.append, self.pages.append, self.licenses.append
 
 
 def _flush(batch: _Batch, lid: LanguageID, writers: dict[str, pq.ParquetWriter], outcome: Outcome) -> None:
-    if not len(batch):
+    """Language-identify a batch and append each subset's rows to its parquet."""
+    n = len(batch)
+    if not n:
         return
     langs, scores, subsets = lid.classify(batch.texts)
-    rows: dict[str, list[int]] = defaultdict(list)
-    for i, s in enumerate(subsets):
-        rows[s].append(i)
-    for subset, idx in rows.items():
-        urls = [batch.urls[i] for i in idx]
-        texts = [batch.texts[i] for i in idx]
-        pages = [batch.pages[i] for i in idx]
-        table = pa.table(
-            {
-                "uid": [pair_uid(p, u, t) for p, u, t in zip(pages, urls, texts)],
-                "url": urls,
-                "text": texts,
-                "page_url": pages,
-                "language": [langs[i] for i in idx],
-                "language_score": pa.array([scores[i] for i in idx], pa.float32()),
-                "subset": [subset] * len(idx),
-                "license": [batch.licenses[i] for i in idx],
-            },
-            schema=CANDIDATE_SCHEMA,
-        )
-        writers[subset].write_table(table)
-        outcome.kept[subset] += len(idx)
+    table = pa.table(
+        {
+            "uid": [pair_uid(p, u, t) for p, u, t in zip(batch.pages, batch.urls, batch.texts)],
+            "url": batch.urls,
+            "text": batch.texts,
+            "page_url": batch.pages,
+            "language": langs,
+            "language_score": pa.array(scores, pa.float32()),
+            "subset": subsets,
+            "license": batch.licenses,
+        },
+        schema=CANDIDATE_SCHEMA,
+    )
+    column = table.column("subset")
+    for subset in SUBSETS:
+        part = table.filter(pc.equal(column, subset))
+        if part.num_rows:
+            writers[subset].write_table(part)
+            outcome.kept[subset] += part.num_rows
 
 
 def process(part: Partition, out: str, wf) -> Outcome:
@@ -144,6 +142,7 @@ def process(part: Partition, out: str, wf) -> Outcome:
     max_chars = rules.max_text_chars
     hash64 = mmh3.hash64
     cleaned: dict[str, str] = {}  # raw alt -> clean text: site furniture repeats on every page
+    min_chars, min_words, batch_pairs = rules.min_text_chars, rules.min_words, cfg.batch_pairs
 
     with ExitStack() as stack:
         writers: dict[str, pq.ParquetWriter] = {}
@@ -151,6 +150,7 @@ def process(part: Partition, out: str, wf) -> Outcome:
             f = stack.enter_context(fsio.atomic_open(fsio.join(out, rel[s])))
             writers[s] = stack.enter_context(pq.ParquetWriter(f, CANDIDATE_SCHEMA, compression="zstd"))
         batch = _Batch()
+        add_url, add_text, add_page, add_license = batch.appenders()
         for item in iter_pages(path, counts, cfg.max_record_bytes):
             if isinstance(item, ReadError):
                 outcome.error(item.kind, item.message, item.offset)
@@ -177,9 +177,8 @@ def process(part: Partition, out: str, wf) -> Outcome:
                         if len(cleaned) >= _CACHE_SIZE:
                             cleaned.clear()
                         cleaned[alt] = text
-                reason = text_reason(text, rules)
-                if reason is not None:
-                    drops[reason] += 1
+                if len(text) < min_chars or (min_words and len(text.split()) < min_words):
+                    drops[text_reason(text, rules)] += 1
                     continue
                 if dedup:
                     h = hash64(f"{url}\x00{text}")[0]
@@ -187,10 +186,14 @@ def process(part: Partition, out: str, wf) -> Outcome:
                         drops["duplicate_in_file"] += 1
                         continue
                     seen.add(h)
-                batch.add(url, text, page_url, license)
-                if len(batch) >= cfg.batch_pairs:
+                add_url(url)
+                add_text(text)
+                add_page(page_url)
+                add_license(license)
+                if len(batch.urls) >= batch_pairs:
                     _flush(batch, lid, writers, outcome)
                     batch = _Batch()
+                    add_url, add_text, add_page, add_license = batch.appenders()
         _flush(batch, lid, writers, outcome)
 
     for reason, n in drops.items():
