@@ -35,7 +35,7 @@ def print_stage_report(report: StageReport) -> None:
         console.print(f"  [red]failed[/red] {f['key']}: {f['error']}")
 
 
-def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence[str]) -> None:
+def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence[str], show_report: bool = True) -> None:
     table = Table(title=f"run summary: {out}")
     for col in ("stage", "partitions", "done", "skipped", "failed", "kept", "dropped", "seconds"):
         table.add_column(col, justify="right" if col not in ("stage",) else "left")
@@ -50,7 +50,7 @@ def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence
     if any(r.failed for r in reports):
         console.print(f"[red]incomplete[/red]: see `laion-pipe status {out}`; rerun to retry failed partitions")
     report_html = fsio.join(out, "stats", "report.html")
-    if fsio.exists(report_html):
+    if show_report and fsio.exists(report_html):
         console.print(f"report: {report_html}")
 
 

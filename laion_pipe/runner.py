@@ -245,7 +245,7 @@ def run_stage(
                     "status": "failed",
                     "fingerprint": part.fingerprint,
                     "inputs": list(part.inputs),
-                    "error": f"{type(exc).__name__}: {exc}" if exc else "unknown error",
+                    "error": (f"{type(exc).__name__}: {exc}" if exc else "unknown error")[:1000],
                     "traceback": tb[-5000:],
                     "attempts": retries + 1,
                     "finished": time.time(),

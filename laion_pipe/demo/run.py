@@ -6,6 +6,7 @@ download from it through the same guarded client as a real run, with 127.0.0.1/3
 """
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -14,7 +15,6 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from .. import fsio
 from ..config import Workflow, workflow_from_dict
 from .world import World, WorldSpec, build_world
 
@@ -64,10 +64,11 @@ def main_demo(out: str = "laion_demo", overrides: Sequence[str] = ()) -> int:
     console.print(f"[bold]laion-pipe demo[/bold]: building the demo world and running every stage into {out}")
     world, reports = run_demo(out, overrides)
     try:
-        print_run_summary(reports, out, [r.stage for r in reports])
+        print_run_summary(reports, out, [r.stage for r in reports], show_report=False)
         if reports and reports[-1].stage == "stats" and not reports[-1].failed:
-            print_table(load_result(out), Console())
-            console.print(f"report: {fsio.join(out, 'stats', 'report.html')}")
+            # the funnel's reason lists read badly wrapped at a pipe's default 80 columns
+            print_table(load_result(out), Console(width=None if sys.stdout.isatty() else 160))
+            Console().print(f"report: {Path(out) / 'stats' / 'report.html'}", soft_wrap=True)
         console.print(f"demo finished in {time.time() - t0:.0f}s")
     finally:
         world.stop()

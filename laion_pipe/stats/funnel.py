@@ -24,10 +24,12 @@ def _key(path: str) -> str:
     return path.rpartition("/")[2][: -len(".json")]
 
 
-def _sum_manifests(items: Iterable[tuple[str, str]]) -> list[dict]:
-    """Read and sum a batch of (stage, manifest path): one dict per stage."""
+def _sum_manifests(items: Iterable[tuple[str, str, bool]]) -> list[dict]:
+    """Read and sum a batch of (stage, manifest path, is_phase): one dict per stage. A stage's
+    internal phases (`_state/dedup.reduce/`) contribute their drop reasons to the stage; its
+    partitions, kept rows and counts come from the stage's own (final) manifests."""
     acc: dict[str, dict] = {}
-    for stage, path in items:
+    for stage, path, is_phase in items:
         key = _key(path)
         try:
             m = fsio.read_json(path)
@@ -38,6 +40,11 @@ def _sum_manifests(items: Iterable[tuple[str, str]]) -> list[dict]:
         a = acc.setdefault(stage, {"stage": stage, "seen": set(), "done": 0, "failed": 0, "kept": Counter(),
                                    "drops": {}, "counts": Counter()})
         status = m.get("status")
+        if is_phase:
+            if status == "done":
+                for subset, reasons in (m.get("drops") or {}).items():
+                    a["drops"].setdefault(subset, Counter()).update(reasons)
+            continue
         if status == "done":
             a["done"] += 1
             a["seen"].add(key)
@@ -61,14 +68,20 @@ def _planned(run_dir: str, stage: str) -> frozenset[str] | None:
 
 def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
     """The funnel of a run directory: one FunnelStage per stage that has a plan or manifests."""
-    items: list[tuple[str, str]] = []
+    items: list[tuple[str, str, bool]] = []
     plans: dict[str, frozenset[str] | None] = {}
     for stage in FUNNEL_STAGES:
-        paths = [p for p in fsio.glob(fsio.join(run_dir, STATE_DIR, stage, "*.json"))
-                 if not p.rpartition("/")[2].startswith("_")]
-        plans[stage] = planned = _planned(run_dir, stage)
-        # A manifest whose key the current plan no longer has belongs to an older plan: not counted.
-        items += [(stage, p) for p in paths if planned is None or _key(p) in planned]
+        phases = [stage] + sorted(
+            d.rstrip("/").rpartition("/")[2] for d in fsio.glob(fsio.join(run_dir, STATE_DIR, f"{stage}.*"))
+        )
+        for phase in phases:
+            paths = [p for p in fsio.glob(fsio.join(run_dir, STATE_DIR, phase, "*.json"))
+                     if not p.rpartition("/")[2].startswith("_")]
+            planned = _planned(run_dir, phase)
+            if phase == stage:
+                plans[stage] = planned
+            # A manifest whose key the current plan no longer has belongs to an older plan: not counted.
+            items += [(stage, p, phase != stage) for p in paths if planned is None or _key(p) in planned]
     partials: list[dict] = []
     if items:
         bag = db.from_sequence(items, partition_size=_PER_TASK).map_partitions(_sum_manifests)
