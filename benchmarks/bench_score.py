@@ -9,16 +9,20 @@ them), same batch size, same process, same run:
   unique captions, as download writes them) on an in-process Dask cluster: tar streaming, JPEG
   decode and preprocessing, the models, parquet writing and manifests, all timed.
 - "model-only" (the baseline): the same forward passes on pre-made tensors, already on the
-  device: the CLIP image tower on preprocessed batches, the text tower on the same captions, the NSFW and aesthetic heads on
-  the embeddings, the watermark net on its preprocessed batches. Decoding is done before timing.
+  device: the CLIP image tower on preprocessed batches, the text tower on the same captions,
+  the NSFW and aesthetic heads on the embeddings, the watermark net on its preprocessed
+  batches. Decoding is done before timing.
 
 The stage must not starve the model: ratio = stage images/s / model-only images/s (issue 4: must
 >= 0.8, aim >= 0.95). Models are loaded and warmed before either is timed; the two are interleaved
-(--rounds) and each one's best round is kept, which cancels most noise from other load on the
-machine; both run in a non-main thread (the stage in a Dask worker thread, the baseline in a
-thread of its own). The watermark classifier is a tiny timm net (`--watermark-arch`, LAION's is
-efficientnet_b3a) so that the ViT-B-32 dominates as the issue asks; NSFW is the zero-shot head on
-the same CLIP; the aesthetic MLP reads the same CLIP's 512-d embedding.
+(--rounds) and each one's best round is kept, to damp noise from other load on the machine (on a
+shared 2-core box single runs still moved the ratio between 0.86 and 1.4: the "cpu s/image" line,
+CPU seconds of this process per image, is the steadier cross-check there). Both run in a non-main
+thread (the stage in a Dask worker thread, the baseline in a thread of its own).
+
+The watermark classifier is a tiny timm net (`--watermark-arch`, LAION's is efficientnet_b3a) so
+that the ViT-B-32 dominates as the issue asks; NSFW is the zero-shot head on the same CLIP; the
+aesthetic MLP reads the same CLIP's 512-d embedding.
 """
 from __future__ import annotations
 
