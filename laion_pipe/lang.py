@@ -40,11 +40,14 @@ def load_model(path: str | None = None):
 
 @dataclass
 class LanguageID:
-    """Batched language ID and subset assignment."""
+    """Language ID over batches of texts, and LAION's subset rule. Only the first `max_chars`
+    of a text are read (the language shows there; a 2000-character alt would cost 7x more).
+    Results of texts up to `cache_text_chars` long are cached, at most `cache_size` of them."""
 
     model_path: str | None = None
     threshold: float = 0.5
     english: Sequence[str] = ("en",)
+    max_chars: int = 300
     cache_size: int = 50_000
     cache_text_chars: int = 256
     _cache: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
@@ -68,7 +71,9 @@ class LanguageID:
         for text in texts:
             hit = cache.get(text)
             if hit is None:
-                t = text.replace("\n", " ") if "\n" in text else text
+                t = text[: self.max_chars]
+                if "\n" in t:
+                    t = t.replace("\n", " ")
                 if t.isupper():  # lid.176 reads all-caps Latin text as other languages
                     t = t.lower()
                 if native is not None:  # the binding itself: skips a Python wrapper per text

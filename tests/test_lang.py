@@ -61,3 +61,9 @@ def test_from_config_and_explicit_model_path(tmp_path):
     assert load_model(default_model_path()) is load_model(default_model_path())  # once per process
     with pytest.raises(FileNotFoundError):
         LanguageID(model_path=str(tmp_path / "lid.176.bin")).detect(["hello"])
+
+
+def test_only_the_start_of_a_long_text_is_read():
+    text = SENTENCES["de"] + " " + " ".join([SENTENCES["en"]] * 40)
+    assert LanguageID(max_chars=len(SENTENCES["de"])).detect([text])[0] == ["de"]
+    assert LanguageID(max_chars=5000).detect([text])[0] == ["en"]
