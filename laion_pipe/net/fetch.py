@@ -179,7 +179,6 @@ class Fetcher:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.read_timeout)
         self._host_slots: dict[tuple[str, int | None], asyncio.Semaphore] = {}
         self._session: aiohttp.ClientSession | None = None
-        self.connections_refused = 0
 
     async def __aenter__(self) -> Fetcher:
         connector = aiohttp.TCPConnector(
@@ -258,8 +257,6 @@ class Fetcher:
                 raise
             except Exception as e:  # noqa: BLE001 - every failure becomes a drop reason
                 reason, msg = classify_exception(e)
-                if reason == "blocked_address":
-                    self.connections_refused += 1
                 return FetchResult(url, reason=reason, error=msg, final_url=str(current))
         return FetchResult(url, reason="too_many_redirects", error=f"more than {self.cfg.max_redirects} redirects", final_url=str(current))
 
