@@ -268,3 +268,14 @@ def test_untrusted_certificate_is_a_tls_error(tmp_path):
         res = fetch_one(world_config(retries=2), s.url("/a.jpg"))
         assert s.url("/a.jpg").startswith("https://127.0.0.1:")
         assert (res.reason, res.attempts) == ("tls_error", 1)
+
+
+def test_dns_answers_are_cached():
+    with srv.ImageServer() as s:
+        s.route("/x.jpg", srv.static(jpeg()))
+        resolver = Rebinding(["127.0.0.1"])
+        urls = [f"http://images.test:{s.port}/x.jpg?{i}" for i in range(12)]
+        results = fetch_all(world_config(per_host=4, dns_cache_ttl=300), urls, resolver)
+        assert all(r.ok for r in results)
+        assert s.connections >= 2, "several connections were opened..."
+        assert resolver.calls == 1, "...from one DNS answer"
