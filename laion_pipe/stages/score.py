@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from .. import fsio, runner
 from ..runner import Outcome, Partition, StageReport
@@ -267,12 +267,52 @@ def _decode(data: bytes, preprocessors: list[Callable[[Image.Image], torch.Tenso
     return tuple(p(rgb) for p in preprocessors)
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """webdataset's rule: the key is the name up to the first dot of its last path part."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
 def iter_tar_samples(tar_path: str) -> Iterator[dict]:
-    """Samples of an img2dataset tar (dicts of extension -> bytes, plus `__key__`), streamed."""
+    """Samples of an img2dataset tar (dicts of extension -> bytes, plus `__key__`), in key order.
+
+    Downloads finish, and so are written to the tar, in network order. Reading the tar's index
+    (headers only) and then the members in key order makes every later result independent of
+    it: batches hold the same images whatever order the tar has, so scores are the same to the
+    last bit on a rerun or after a lost worker. Only one sample is in memory at a time. A
+    truncated or corrupt tar yields every complete sample, then raises."""
     fs, p = fsio.fs_and_path(tar_path)
     with fs.open(p, "rb") as f:
-        files = ({**m, "__url__": tar_path} for m in tar_file_iterator(f))
-        yield from group_by_keys(files)
+        size = f.seek(0, 2)
+        f.seek(0)
+        samples: list[tuple[str, list[tarfile.TarInfo]]] = []
+        current: dict[str, list] = {}
+        problem: Exception | None = None
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    key, ext = _split_name(m.name)
+                    if m.offset_data + m.size > size:
+                        problem = tarfile.ReadError(f"{m.name}: member cut off at byte {size}")
+                        break
+                    group = current.get(key)
+                    if group is None or ext in {_split_name(x.name)[1] for x in group}:
+                        group = current[key] = []  # a new sample (a repeated key stays a second sample)
+                        samples.append((key, group))
+                    group.append(m)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            problem = e
+        for key, members in sorted(samples, key=lambda kv: kv[0]):
+            sample: dict = {"__key__": key, "__url__": tar_path}
+            for m in members:
+                f.seek(m.offset_data)
+                sample[_split_name(m.name)[1]] = f.read(m.size)
+            yield sample
+        if problem is not None:
+            raise problem
 
 
 _END = object()

@@ -91,13 +91,15 @@ def _read(path: str, columns: list[str] | None = None) -> pa.Table:
 
 
 def scored_rows(shard: InputShard) -> pa.Table:
-    """The shard's successfully scored pairs joined with their download metadata, in score order."""
+    """The shard's successfully scored pairs joined with their download metadata, in input-key
+    order: downloads finish (and so are written and scored) in whatever order the network
+    allows, and the dataset must not depend on it (a rerun, or a run that lost a worker, gives
+    the same shards, keys and bytes)."""
     scores = _read(shard.scores)
     scores = scores.filter(pc.equal(scores["status"], STATUS_OK)).drop_columns(["status", "error_message"])
     meta = _read(shard.meta, DOWNLOAD_COLUMNS)
-    scores = scores.append_column("_order", pa.array(np.arange(scores.num_rows), pa.int64()))
     joined = scores.join(meta, "key", join_type="left outer", use_threads=False)
-    return joined.sort_by("_order").drop_columns(["_order"])
+    return joined.sort_by("key")
 
 
 def shard_reasons(recipe: Recipe, shard: InputShard, table: pa.Table | None = None) -> np.ndarray:
@@ -284,14 +286,17 @@ def _json_safe(row: dict) -> dict:
 
 
 def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np.ndarray], index: int, first: int,
-                digits: int, recipe: Recipe, outcome: Outcome, out: str) -> list[dict]:
-    """Write kept pairs [start, stop) of one input shard into the output tar; their rows."""
+                digits: int, recipe: Recipe, outcome: Outcome, out: str) -> tuple[list[dict], int]:
+    """Write kept pairs [start, stop) of one input shard into the output tar; their rows, and
+    how many output keys the slice took. A pair's output key comes from its place in input-key
+    order, not from where the tar has it, so keys and bytes per key never depend on tar order."""
     subset = name.split("/")[0]
     table, codes = scored
     by_key = {r["key"]: r for r in _wanted_rows(table, codes, start, stop).to_pylist()}
+    place = {k: i for i, k in enumerate(sorted(by_key))}
     rows: list[dict] = []
     for in_key, ext, data in _images(_parse_shard(name, out).tar, set(by_key)):
-        key = f"{index:05d}{first + len(rows):0{digits}d}"
+        key = f"{index:05d}{first + place[in_key]:0{digits}d}"
         row = _dataset_row(by_key.pop(in_key), subset, key)
         tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": orjson.dumps(_json_safe(row))})
         rows.append(row)
@@ -300,7 +305,7 @@ def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np
     outcome.counts[f"kept.{subset}"] += len(rows)
     for missing in sorted(by_key):
         outcome.error("missing_image", f"{name}: {missing} scored but not in the tar")
-    return rows
+    return rows, len(place)
 
 
 def process(part: Partition, out: str, wf: Any) -> Outcome:
@@ -329,8 +334,12 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     rows: list[dict] = []
     if part.param("slices"):
         with fsio.atomic_open(fsio.join(out, paths["tar"])) as f, wds.TarWriter(f, encoder=False) as tw:
+            taken = 0
             for name, start, stop in part.param("slices"):
-                rows += _copy_slice(tw, name, start, stop, tables[name], index, len(rows), digits, recipe, outcome, out)
+                got, n = _copy_slice(tw, name, start, stop, tables[name], index, taken, digits, recipe, outcome, out)
+                rows += got
+                taken += n
+        rows.sort(key=lambda r: r["key"])
         fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA), fsio.join(out, paths["parquet"]))
         outcome.outputs += [paths["tar"], paths["parquet"]]
     outcome.counts["samples"] = len(rows)
