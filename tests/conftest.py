@@ -1,9 +1,14 @@
 """Shared fixtures: the real Common Crawl samples and a small in-process Dask client."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# img2dataset imports albumentations, which asks PyPI for updates on import: tests send no
+# traffic anywhere but 127.0.0.1.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 CC_SAMPLES = REPO.parent / "shared" / "data" / "cc-samples"
