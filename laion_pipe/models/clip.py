@@ -89,7 +89,7 @@ class ClipScorer:
             self._embed_dim = int(self.encode_texts([""]).shape[1])
         return self._embed_dim
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_images(self, batch: torch.Tensor) -> torch.Tensor:
         """[N, 3, H, W] preprocessed images -> [N, D] L2-normalised float32 (CPU)."""
         if batch.ndim == 3:
@@ -97,7 +97,7 @@ class ClipScorer:
         feats = self.model.encode_image(batch.to(self.device, dtype=self.dtype))
         return F.normalize(feats.float(), dim=-1).cpu()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """Captions -> [N, D] L2-normalised float32 (CPU). Texts longer than the model's context
         are truncated by its tokenizer, as LAION's scoring did."""

@@ -35,9 +35,13 @@ def laion_head(num_features: int) -> nn.Sequential:
 
 def build_watermark_model(arch: str) -> nn.Module:
     """A timm `arch` with LAION's head in place of its classifier (random weights)."""
+    import warnings
+
     import timm
 
-    model = timm.create_model(arch, pretrained=False, num_classes=2)
+    with warnings.catch_warnings():  # timm maps LAION's name efficientnet_b3a to efficientnet_b3: same net
+        warnings.filterwarnings("ignore", message="Mapping deprecated model name")
+        model = timm.create_model(arch, pretrained=False, num_classes=2)
     attr = model.pretrained_cfg.get("classifier", "classifier")
     if isinstance(attr, (list, tuple)):
         attr = attr[0]

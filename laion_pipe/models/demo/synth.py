@@ -215,7 +215,7 @@ def random_scene(
     names = list(COLOURS)
     colour = _pick(rng, names)
     background = _pick(rng, [c for c in names if c != colour])
-    scale = float(rng.uniform(0.22, 0.36))
+    scale = float(rng.uniform(0.28, 0.42))
     cx, cy = (float(rng.uniform(scale + 0.04, 0.96 - scale)) for _ in range(2))
     angle = float(rng.uniform(-15, 15))
     jitter = tuple(int(v) for v in rng.integers(-14, 15, size=6))
@@ -322,17 +322,30 @@ def _overlay_watermark(img: Image.Image, scene: Scene) -> Image.Image:
     return Image.alpha_composite(img.convert("RGBA"), layer).convert("RGB")
 
 
+DEFECT_GRID = 64
+"""Noise grain and JPEG pixelation are drawn on a grid of at most DEFECT_GRID cells across and
+scaled to the image, so a degradation looks the same at every resolution and survives a model's
+downscaling (per-pixel noise or 8-px JPEG blocks on a 256 px image vanish at the demo CLIP's 64 px)."""
+
+
 def _degrade(img: Image.Image, scene: Scene) -> Image.Image:
+    """Scale-invariant degradations: all sizes are fractions of the image side."""
     s, side = scene.severity, img.width
     if scene.degradation == "blur":
-        return img.filter(ImageFilter.GaussianBlur(radius=side * (0.012 + 0.03 * s)))
+        return img.filter(ImageFilter.GaussianBlur(radius=side * (0.02 + 0.04 * s)))
     if scene.degradation == "noise":
-        noise = np.random.default_rng(scene.seed).normal(0, 20 + 45 * s, size=(side, side, 3))
+        grain = np.random.default_rng(scene.seed).normal(0, 25 + 45 * s, size=(DEFECT_GRID, DEFECT_GRID, 3))
+        # Resize each channel as float ("F" mode) so the noise keeps its sign and amplitude.
+        planes = [Image.fromarray(grain[..., c].astype(np.float32), "F") for c in range(3)]
+        noise = np.stack([np.asarray(p.resize((side, side), Image.NEAREST)) for p in planes], axis=-1)
         return Image.fromarray(np.clip(np.asarray(img, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
     if scene.degradation == "jpeg":
+        # A low-resolution, heavily compressed copy blown back up: blocky and pixelated.
+        # (4:4:4 chroma, so the colours the caption names survive.)
+        small = min(side, round(0.5 * DEFECT_GRID / (1 + s)))  # 16..21 cells across
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=int(round(9 - 7 * s)))  # quality 2..6
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        img.resize((small, small), Image.BILINEAR).save(buf, "JPEG", quality=round(35 - 20 * s), subsampling=0)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB").resize((side, side), Image.NEAREST)
     return img
 
 
