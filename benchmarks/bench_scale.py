@@ -1,7 +1,7 @@
 """Scaling: extract + dedup of the same generated WATs on a LocalCluster of 1 worker and of 2
 workers (1 thread each, separate processes), in the same run.
 
-    python benchmarks/bench_scale.py [--files 8] [--pages 1500]
+    python benchmarks/bench_scale.py [--files 8] [--pages 4000]
 
 The baseline is the 1-worker cluster; the last line is `ratio: <1-worker time / 2-worker time>`
 (the speed-up; 2.0 is perfect on this 2-core machine). Both runs produce the same candidates and
@@ -58,7 +58,7 @@ def rows(out: Path, folder: str) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=8, help="WAT files (partitions)")
-    ap.add_argument("--pages", type=int, default=1500, help="pages per WAT file")
+    ap.add_argument("--pages", type=int, default=4000, help="pages per WAT file (enough that per-file work, not task overhead, dominates)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     try:
