@@ -67,7 +67,9 @@ def make_cluster(cfg: ClusterConfig) -> Any | None:
             kw["resource_spec"] = f"select=1:ncpus={cfg.jobqueue.cores}:ngpus={cfg.jobqueue.gpus_per_job}:mem={cfg.jobqueue.memory}"
         return cls(**kw)
     if cfg.kind == "kubernetes":
-        return make_kubernetes_cluster(cfg, create=True)
+        from dask_kubernetes.operator import KubeCluster
+
+        return KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=cfg.kubernetes.namespace)
     raise ValueError(f"cluster.kind: unknown kind {cfg.kind!r}")
 
 
@@ -90,14 +92,6 @@ def kubernetes_spec(cfg: ClusterConfig) -> dict:
     if k.namespace:
         spec["metadata"]["namespace"] = k.namespace
     return spec
-
-
-def make_kubernetes_cluster(cfg: ClusterConfig, create: bool = True) -> Any:
-    from dask_kubernetes.operator import KubeCluster
-
-    k = cfg.kubernetes
-    cluster = KubeCluster(custom_cluster_spec=kubernetes_spec(cfg), namespace=k.namespace) if create else None
-    return cluster
 
 
 def job_script(cfg: ClusterConfig) -> str:
@@ -132,17 +126,14 @@ def open_client(cfg: ClusterConfig) -> Iterator[Client]:
             client.close()
         return
     cluster = make_cluster(cfg)
-    adapt_min = adapt_max = None
     if cfg.kind in ("slurm", "pbs"):
-        adapt_min, adapt_max = cfg.jobqueue.adaptive_minimum, cfg.jobqueue.adaptive_maximum
-        if adapt_max is None:
-            cluster.scale(jobs=cfg.jobqueue.jobs)
-    elif cfg.kind == "kubernetes":
-        adapt_min, adapt_max = cfg.kubernetes.adaptive_minimum, cfg.kubernetes.adaptive_maximum
-    if adapt_max is not None:
-        cluster.adapt(minimum_jobs=adapt_min or 0, maximum_jobs=adapt_max) if cfg.kind in ("slurm", "pbs") else cluster.adapt(
-            minimum=adapt_min or 0, maximum=adapt_max
-        )
+        jq = cfg.jobqueue
+        if jq.adaptive_maximum is None:
+            cluster.scale(jobs=jq.jobs)
+        else:
+            cluster.adapt(minimum_jobs=jq.adaptive_minimum or 0, maximum_jobs=jq.adaptive_maximum)
+    elif cfg.kind == "kubernetes" and cfg.kubernetes.adaptive_maximum is not None:
+        cluster.adapt(minimum=cfg.kubernetes.adaptive_minimum or 0, maximum=cfg.kubernetes.adaptive_maximum)
     client = Client(cluster)
     try:
         yield client

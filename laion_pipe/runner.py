@@ -155,7 +155,7 @@ class StageReport:
         return d
 
 
-def _progress(enabled: bool, stage: str, total: int):
+def _progress(enabled: bool, stage: str):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     prog = Progress(
@@ -200,7 +200,8 @@ def run_stage(
     write_plan(out, stage, partitions)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
-    force = force or bool(getattr(getattr(wf, "runner", None), "force", False))
+    runner_cfg = getattr(wf, "runner", None)
+    force = force or bool(getattr(runner_cfg, "force", False))
     for part in partitions:
         m = None if force else read_manifest(out, stage, part.key)
         if m and m.get("status") == "done" and m.get("fingerprint") == part.fingerprint:
@@ -209,9 +210,9 @@ def run_stage(
         else:
             todo.append(part)
 
-    retries = getattr(getattr(wf, "runner", None), "retries", 2)
-    show = getattr(getattr(wf, "runner", None), "progress", True)
-    prog = _progress(show, stage, len(partitions))
+    retries = getattr(runner_cfg, "retries", 2)
+    show = getattr(runner_cfg, "progress", True)
+    prog = _progress(show, stage)
     with prog:
         task = prog.add_task(stage, total=len(partitions), completed=report.skipped, note="")
         futures = {}
