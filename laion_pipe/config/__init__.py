@@ -14,6 +14,7 @@ from .base import Section
 from .cluster import ClusterConfig
 from .dedup import DedupConfig
 from .download import DownloadConfig
+from .evaluate import EvaluateConfig
 from .extract import ExtractConfig
 from .models import ModelsConfig
 from .runner import RunnerConfig
@@ -41,6 +42,7 @@ class Workflow(Section):
     score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()
     stats: StatsConfig = StatsConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def _format_error(err: ValidationError) -> str:
