@@ -64,6 +64,8 @@ class WorldSpec:
     seed: int = 0
     latency: float = 0.0  # seconds the server waits before each image reply (fault tests need a slow world)
     kinds: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
+    langs: dict[str, float] = field(default_factory=lambda: dict(CAPTION_LANGS))  # caption language weights
+    sides: tuple[int, ...] = SIDES  # image sides drawn from (smaller sides build and download faster)
 
 
 @dataclass
@@ -109,7 +111,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
         return lambda req: Reply(200, body, dict(headers or {}), "image/jpeg", delay=spec.latency)
 
     kinds, kind_w = zip(*spec.kinds.items())
-    langs, lang_w = zip(*CAPTION_LANGS.items())
+    langs, lang_w = zip(*spec.langs.items())
 
     rows: list[dict] = []
     pages: list[Page] = []
@@ -132,7 +134,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
                 scene = synth.random_scene(
                     nprng, unsafe=kind == "unsafe", watermark=kind == "watermark", degradation=kind == "degraded"
                 )
-                side = rng.choice(SIDES)
+                side = rng.choice(spec.sides)
                 body = _jpeg(synth.render(scene, side))
                 headers = {"X-Robots-Tag": "noai"} if kind == "noai" else None
                 server.route(path, serve(body, headers))
