@@ -68,6 +68,13 @@ def _file_identity(path: str) -> str:
         return f"unavailable: {type(e).__name__}: {e}"
 
 
+def check(wf) -> None:
+    """Resolve the inputs before any work (no cluster, no run directory yet): an unreadable
+    crawl listing or a glob that matches nothing raises `ConfigError`, which the CLI reports in
+    one line with exit code 2. A crawl listing read here is not read again by `plan`."""
+    resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url)
+
+
 def plan(out: str, wf) -> list[Partition]:
     """One partition per input file, keyed part-NNNNN in input order."""
     files = resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url)
