@@ -1,0 +1,1 @@
+"""Training stage: the data feed, the loop, checkpoints and launchers."""
