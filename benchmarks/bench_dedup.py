@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--dup", type=float, default=0.4, help="share of rows repeating a URL")
     ap.add_argument("--buckets", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="runs of the stage and the pyarrow baseline; best counts")
+    ap.add_argument("--record", action="store_true",
+                    help="write the stage's CPU seconds per million candidates to laion_pipe/unit_costs.json "
+                         "(dedup.core_seconds_per_million_candidates, read by `laion-pipe run --dry-run`)")
     args = ap.parse_args()
 
     from distributed import Client, LocalCluster
@@ -114,10 +117,16 @@ def main() -> None:
         with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
 
+            stage_cpu: list[float] = []  # CPU seconds of this process (the in-process cluster's threads too)
+
             def fresh_run():
                 for d in ("_state", "_work", "unique"):
                     shutil.rmtree(out / d, ignore_errors=True)
-                return dedup.run(str(out), wf, client)
+                c = time.process_time()
+                try:
+                    return dedup.run(str(out), wf, client)
+                finally:
+                    stage_cpu.append(time.process_time() - c)
 
             t_stage, rep = best_of(args.repeat, fresh_run)
             t0 = time.perf_counter()
@@ -129,6 +138,19 @@ def main() -> None:
         print(f"baseline (pandas in one process): {t_pandas:.2f} s  {n / t_pandas:,.0f} rows/s")
         print(f"dedup stage (3 phases, best of {args.repeat}, Dask, 1 worker x 2 threads): {t_stage:.2f} s  {n / t_stage:,.0f} rows/s")
         print(f"dedup stage rerun, all done (resume check): {t_resume:.2f} s")
+        cpu_per_million = min(stage_cpu) / n * 1e6
+        print(f"dedup stage CPU (all threads, best of {args.repeat}): {min(stage_cpu):.2f} s  "
+              f"{cpu_per_million:.2f} core-s per million candidates")
+        if args.record:
+            from laion_pipe.costs import measured_source, record_unit_cost
+
+            record_unit_cost(
+                "dedup.core_seconds_per_million_candidates", cpu_per_million, "core-s per million candidate rows",
+                measured_source(f"benchmarks/bench_dedup.py --rows {args.rows} --files {args.files} --dup {args.dup} "
+                                f"--buckets {args.buckets} --record",
+                                f"CPU seconds of the stage's three phases (bucket, reduce, cut into parts) over {n:,} "
+                                f"generated candidates, in-process Dask cluster (1 worker x 2 threads), best of {args.repeat}"))
+            print("recorded dedup.core_seconds_per_million_candidates in laion_pipe/unit_costs.json")
         print(f"ratio: {t_base / t_stage:.2f}")
 
 

@@ -1,0 +1,368 @@
+"""What a workflow would cost, on paper, before it runs: files, pairs, core-hours per stage,
+GPU-hours, bytes written, bytes fetched and DNS lookups.
+
+The arithmetic is plain multiplication by the per-unit figures of `unit_costs.json`
+(`laion_pipe/costs.py`), each of which says whether it was measured here, published, derived
+from published figures or assumed. The unit of work is the *real-size WAT file*: a crawl file
+counts as one; a local file counts by its size against a real one (`crawl.bytes_per_wat`), so
+that a 10 kB test file does not cost what a 375 MB crawl file does.
+
+Counting the inputs never touches the network: a crawl id counts `extract.max_files` files, or
+the files its listing names when `extract.crawl_base_url` is a local mirror, or else the typical
+size of a recent crawl (`crawl.wat_files_per_crawl`), and the estimate says which. Everything after
+`count_inputs` is a pure function of its arguments.
+
+See docs/scaling.md for the same figures extrapolated to one crawl and to LAION-5B.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from .costs import UnitCost, get, load_unit_costs
+from .crawl.paths import crawl_files, is_crawl_id
+
+HOUR = 3600.0
+ESTIMATED_STAGES: tuple[str, ...] = ("extract", "dedup", "download", "score")
+
+# the cost file's keys this module reads
+K_WAT_FILES = "crawl.wat_files_per_crawl"
+K_WAT_BYTES = "crawl.bytes_per_wat"
+K_EXTRACT = "extract.core_seconds_per_wat"
+K_PAIRS = "extract.unique_pairs_per_wat"
+K_CAND_BYTES = "extract.output_bytes_per_wat"
+K_UNIQUE = "dedup.unique_fraction"
+K_DEDUP = "dedup.core_seconds_per_million_candidates"
+K_SUCCESS = "download.success_fraction"
+K_DOWNLOAD = "download.core_seconds_per_thousand_images"
+K_WIRE = "download.wire_bytes_per_image"
+K_IMG256 = "download.bytes_per_image_256"
+K_IMG512 = "download.bytes_per_image_512"
+K_DNS = "download.dns_queries_per_image"
+K_SCORE_CPU = "score.cpu_core_seconds_per_thousand_images"
+K_SCORE_GPU = "score.gpu_images_per_second"
+K_FINAL = "select.final_fraction_of_unique"
+K_CC2DATASET = "cc2dataset.core_seconds_per_wat"
+K_IMG2DATASET = "img2dataset.core_seconds_per_thousand_images"
+
+
+@dataclass(frozen=True)
+class InputCount:
+    """A workflow's inputs as work: how many files, and how many real-size WAT files they are."""
+
+    files: int
+    wat_equivalents: float
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageCost:
+    stage: str
+    units: float  # how much work: WAT files, candidates, images
+    unit: str
+    core_hours: float
+    gpu_hours: float | None  # only where a GPU can do the work (score)
+    rate: UnitCost  # the per-unit figure the core-hours come from
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost of running a workflow's stages over its inputs."""
+
+    name: str
+    inputs: InputCount
+    candidates: float  # pairs extract writes
+    unique: float  # after the global dedup
+    downloaded: float  # stored images
+    final: float  # pairs in dataset/ (the default language subsets)
+    stages: tuple[StageCost, ...]
+    candidates_bytes: float
+    images_bytes: float
+    dataset_bytes: float
+    image_bytes_rate: UnitCost  # bytes per stored image used for images/ and dataset/
+    wire_bytes: float  # fetched from the web
+    dns_queries: float  # upper bound
+    comparisons: tuple[tuple[str, float, UnitCost], ...]  # (what, core-hours, figure)
+    used: tuple[UnitCost, ...] = field(default=())  # every figure the numbers depend on
+
+    @property
+    def core_hours(self) -> float:
+        """Core-hours of all estimated stages, scoring on GPUs where a GPU figure exists."""
+        return sum(s.core_hours for s in self.stages if s.gpu_hours is None)
+
+    def stage(self, name: str) -> StageCost:
+        for s in self.stages:
+            if s.stage == name:
+                return s
+        raise KeyError(name)
+
+    def render(self) -> str:
+        """Plain lines for a terminal or a batch log."""
+        w = self.inputs
+        lines = [f"estimate for workflow {self.name!r}, on paper (per-unit figures: laion_pipe/unit_costs.json)"]
+        wat = f"{w.wat_equivalents:,.0f}" if w.wat_equivalents >= 1000 else sig(w.wat_equivalents)
+        lines.append(f"inputs: {w.files:,} file{'s' if w.files != 1 else ''} = {wat} real-size WAT file"
+                     f"{'s' if w.wat_equivalents != 1 else ''}")
+        lines += [f"  {n}" for n in w.notes]
+        lines.append(f"pairs: {human(self.candidates)} candidates -> {human(self.unique)} unique -> "
+                     f"{human(self.downloaded)} images downloaded -> {human(self.final)} in dataset/")
+        header = f"  {'stage':<9} {'work':>22} {'core-hours':>12} {'GPU-hours':>10}  per unit (kind)"
+        lines.append(header)
+        for s in self.stages:
+            gpu = "-" if s.gpu_hours is None else sig(s.gpu_hours)
+            core = sig(s.core_hours) + (" CPU" if s.gpu_hours is not None else "")
+            lines.append(f"  {s.stage:<9} {human(s.units) + ' ' + s.unit:>22} {core:>12} {gpu:>10}  "
+                         f"{sig(s.rate.value)} {s.rate.unit} ({s.rate.kind})")
+        lines.append(f"  total {sig(self.core_hours)} core-hours with scoring on GPUs"
+                     + (f" ({sig(self.core_hours + self._score_cpu())} with scoring on CPUs)" if self._has_score() else ""))
+        lines.append(f"output: candidates/ {nbytes(self.candidates_bytes)}, images/ {nbytes(self.images_bytes)}, "
+                     f"dataset/ {nbytes(self.dataset_bytes)} ({nbytes(self.image_bytes_rate.value)} per image: "
+                     f"{self.image_bytes_rate.unit}, {self.image_bytes_rate.kind})")
+        lines.append(f"network: {nbytes(self.wire_bytes)} fetched, up to {human(self.dns_queries)} DNS lookups")
+        if self.comparisons:
+            lines.append("published tools on the same work: " + "; ".join(
+                f"{what} {sig(h)} core-hours ({sig(c.value)} {c.unit}, {c.kind})" for what, h, c in self.comparisons))
+        assumed = [c for c in self.used if c.kind == "assumed"]
+        for c in assumed:
+            lines.append(f"assumed: {c.key} = {sig(c.value)} ({c.unit}); see docs/scaling.md")
+        return "\n".join(lines)
+
+    def _has_score(self) -> bool:
+        return any(s.stage == "score" for s in self.stages)
+
+    def _score_cpu(self) -> float:
+        return sum(s.core_hours for s in self.stages if s.gpu_hours is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counting inputs (reads local files and listings only)
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _local_files(item: str) -> list[str] | None:
+    """The local files an input names (glob, directory or file); None when none exist."""
+    from . import fsio
+
+    if set("*?[") & set(item):
+        found = fsio.glob(os.path.abspath(item))
+        return [f for f in found if os.path.isfile(f)] or None
+    if os.path.isdir(item):
+        names = sorted(n for n in os.listdir(item) if not n.startswith("."))
+        return [os.path.join(item, n) for n in names if os.path.isfile(os.path.join(item, n))] or None
+    return [item] if os.path.isfile(item) else None
+
+
+def count_inputs(
+    inputs: Sequence[str],
+    costs: Mapping[str, UnitCost],
+    max_files: int | None = None,
+    crawl_base_url: str = "https://data.commoncrawl.org",
+) -> InputCount:
+    """Count a workflow's inputs as files and real-size WAT files, without network access.
+
+    - a crawl id: `max_files` files when given; else, with a local `crawl_base_url`, the files
+      its listing names; else the typical crawl size (`crawl.wat_files_per_crawl`), said so;
+    - local files, globs and directories: each file by its size against `crawl.bytes_per_wat`;
+    - a remote file (s3://, https://): one real-size WAT file; a remote glob is not listed.
+    """
+    typical = get(costs, K_WAT_FILES)
+    wat_bytes = get(costs, K_WAT_BYTES).value
+    files, wat, notes = 0, 0.0, []
+    local_n, local_bytes, remote_n = 0, 0, 0
+    for raw in inputs:
+        item = raw.strip()
+        if not item:
+            continue
+        if is_crawl_id(item):
+            if max_files is not None:
+                n, how = max_files, f"the first {max_files:,} files of its wat.paths.gz (extract.max_files; at most that many)"
+            elif not _is_remote(crawl_base_url):
+                try:
+                    n, how = len(crawl_files(item, crawl_base_url)), f"the files its listing under {crawl_base_url} names"
+                except Exception as e:  # a broken mirror is the real run's error to report
+                    n = int(typical.value)
+                    how = f"{n:,} WAT files, the typical size of a recent crawl (its local listing failed: {e})"
+            else:
+                n = int(typical.value)
+                how = (f"{n:,} WAT files, the typical size of a recent crawl ({typical.kind}); its wat.paths.gz is not "
+                       f"read in --dry-run (set extract.max_files to count fewer)")
+            files += n
+            wat += n
+            notes.append(f"{item}: {how}")
+        elif _is_remote(item):
+            if set("*?[") & set(item):
+                notes.append(f"{item}: a remote glob, not listed in --dry-run (network): not counted")
+            else:
+                remote_n += 1
+        else:
+            found = _local_files(item[len("file://"):] if item.startswith("file://") else item)
+            if found is None:
+                notes.append(f"{item}: no such local file: not counted")
+                continue
+            local_n += len(found)
+            local_bytes += sum(os.path.getsize(f) for f in found)
+    if local_n:
+        files += local_n
+        wat += local_bytes / wat_bytes
+        notes.append(f"{local_n:,} local file{'s' if local_n != 1 else ''}, {nbytes(local_bytes)}, counted by size "
+                     f"({nbytes(wat_bytes)} per real WAT file, {get(costs, K_WAT_BYTES).kind}; a WARC costs more per byte)")
+    if remote_n:
+        files += remote_n
+        wat += remote_n
+        notes.append(f"{remote_n:,} remote file{'s' if remote_n != 1 else ''}, each counted as one real-size WAT file")
+    return InputCount(files=files, wat_equivalents=wat, notes=tuple(notes))
+
+
+def wat_files_for_pairs(final_pairs: float, costs: Mapping[str, UnitCost]) -> float:
+    """Real-size WAT files whose pairs, through the whole funnel, leave `final_pairs` in dataset/."""
+    return final_pairs / (get(costs, K_PAIRS).value * get(costs, K_FINAL).value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The arithmetic (pure)
+
+
+def image_bytes_figure(costs: Mapping[str, UnitCost], image_size: int, resize_mode: str) -> UnitCost:
+    """Bytes per stored image: the published figure nearest the workflow's size (256 or 512 px);
+    with resize_mode `no` images keep their size, so the bytes fetched per image."""
+    if resize_mode == "no":
+        return get(costs, K_WIRE)
+    return get(costs, K_IMG256 if image_size <= 384 else K_IMG512)
+
+
+def estimate(
+    inputs: InputCount,
+    costs: Mapping[str, UnitCost],
+    *,
+    image_size: int = 256,
+    resize_mode: str = "keep_ratio",
+    stages: Sequence[str] = ESTIMATED_STAGES,
+    name: str = "run",
+) -> Estimate:
+    """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
+    c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
+                                    K_WIRE, K_DNS, K_SCORE_CPU, K_SCORE_GPU, K_FINAL, K_CC2DATASET, K_IMG2DATASET)}
+    if not 0 < c[K_UNIQUE].value <= 1:
+        raise ValueError(f"{K_UNIQUE} must be in (0, 1], got {c[K_UNIQUE].value}")
+    w = inputs.wat_equivalents
+    unique = w * c[K_PAIRS].value
+    candidates = unique / c[K_UNIQUE].value
+    downloaded = unique * c[K_SUCCESS].value
+    final = min(unique * c[K_FINAL].value, downloaded)
+    img = image_bytes_figure(costs, image_size, resize_mode)
+
+    rows: list[StageCost] = []
+    if "extract" in stages:
+        rows.append(StageCost("extract", w, "WAT files", w * c[K_EXTRACT].value / HOUR, None, c[K_EXTRACT]))
+    if "dedup" in stages:
+        rows.append(StageCost("dedup", candidates, "candidates", candidates / 1e6 * c[K_DEDUP].value / HOUR, None, c[K_DEDUP]))
+    if "download" in stages:
+        rows.append(StageCost("download", downloaded, "images", downloaded / 1e3 * c[K_DOWNLOAD].value / HOUR, None,
+                              c[K_DOWNLOAD]))
+    if "score" in stages:
+        rows.append(StageCost("score", downloaded, "images", downloaded / 1e3 * c[K_SCORE_CPU].value / HOUR,
+                              downloaded / c[K_SCORE_GPU].value / HOUR, c[K_SCORE_CPU]))
+    comparisons = []
+    if "extract" in stages:
+        comparisons.append(("cc2dataset extract", w * c[K_CC2DATASET].value / HOUR, c[K_CC2DATASET]))
+    if "download" in stages:
+        comparisons.append(("img2dataset download", downloaded / 1e3 * c[K_IMG2DATASET].value / HOUR, c[K_IMG2DATASET]))
+    used = tuple(sorted({*c.values(), img}, key=lambda u: u.key))
+    return Estimate(
+        name=name,
+        inputs=inputs,
+        candidates=candidates,
+        unique=unique,
+        downloaded=downloaded,
+        final=final,
+        stages=tuple(rows),
+        candidates_bytes=w * c[K_CAND_BYTES].value,
+        images_bytes=downloaded * img.value,
+        dataset_bytes=final * img.value,
+        image_bytes_rate=img,
+        wire_bytes=downloaded * c[K_WIRE].value,
+        dns_queries=unique * c[K_DNS].value,
+        comparisons=tuple(comparisons),
+        used=used,
+    )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What finishes an estimate's work within `hours` if every stage ran the whole time."""
+
+    hours: float
+    cores: dict[str, float]  # per stage, scoring on GPUs
+    gpus: float
+    score_cores_without_gpus: float
+    disk_bytes: float  # candidates/ + images/ + dataset/ held at once
+    network_bits_per_second: float
+    dns_queries_per_second: float
+    shuffle_bytes: float  # what dedup moves between workers
+
+
+def cluster_for(est: Estimate, hours: float) -> Cluster:
+    """The resources that do `est` in `hours` (each stage spread over the whole time: the stages
+    of different partitions overlap in a pipelined run)."""
+    secs = hours * HOUR
+    cores = {s.stage: s.core_hours / hours for s in est.stages if s.gpu_hours is None}
+    score = [s for s in est.stages if s.gpu_hours is not None]
+    return Cluster(
+        hours=hours,
+        cores=cores,
+        gpus=sum(s.gpu_hours for s in score) / hours,
+        score_cores_without_gpus=sum(s.core_hours for s in score) / hours,
+        disk_bytes=est.candidates_bytes + est.images_bytes + est.dataset_bytes,
+        network_bits_per_second=est.wire_bytes * 8 / secs,
+        dns_queries_per_second=est.dns_queries / secs,
+        shuffle_bytes=est.candidates_bytes,
+    )
+
+
+def dry_run_estimate(wf, stages: Sequence[str] | None = None, costs: Mapping[str, UnitCost] | None = None) -> str:
+    """The estimate `laion-pipe run WORKFLOW --dry-run` prints, for `wf`'s inputs and settings."""
+    costs = load_unit_costs() if costs is None else costs
+    run = [s for s in (stages or ESTIMATED_STAGES) if s in ESTIMATED_STAGES]
+    if not wf.inputs:
+        return f"estimate for workflow {wf.name!r}: the workflow names no inputs, nothing to estimate"
+    counted = count_inputs(wf.inputs, costs, wf.extract.max_files, wf.extract.crawl_base_url)
+    est = estimate(counted, costs, image_size=wf.download.image_size, resize_mode=wf.download.resize_mode,
+                   stages=run, name=wf.name)
+    text = est.render()
+    skipped = [s for s in (stages or ()) if s not in ESTIMATED_STAGES]
+    if skipped:
+        text += f"\nnot estimated: {', '.join(skipped)} (no per-unit figure yet)"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Number formatting
+
+
+def sig(x: float, digits: int = 3) -> str:
+    """`x` to `digits` significant figures, without exponent for everyday sizes."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = digits - 1 - math.floor(math.log10(abs(x)))
+    return f"{x:,.{decimals}f}" if decimals > 0 else f"{round(x, decimals):,.0f}"
+
+
+def human(x: float) -> str:
+    """Counts: 950, 12.3k, 4.56M, 5.85B."""
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{sig(x / div)}{suffix}"
+    return sig(x)
+
+
+def nbytes(x: float) -> str:
+    """Decimal byte sizes: 29.9 KB, 1.2 PB."""
+    for div, suffix in ((1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "KB")):
+        if abs(x) >= div:
+            return f"{sig(x / div)} {suffix}"
+    return f"{sig(x)} B"
