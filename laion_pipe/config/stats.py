@@ -29,6 +29,17 @@ class StatsConfig(Section):
         description="WIDTH/HEIGHT histogram bin edges in pixels; the last bin is open-ended",
     )
     plots: bool = Field(True, description="draw the PNG plots and embed them in report.html")
+    gallery: int = Field(
+        6, ge=0, le=100,
+        description="report.html gallery: pairs shown per group (kept pairs per dataset folder, removed pairs per "
+        "score-based drop reason); 0 leaves the gallery out",
+    )
+    gallery_thumb: int = Field(96, ge=16, le=512, description="gallery thumbnails: longest side in pixels (JPEG, embedded)")
+    gallery_scan_shards: int = Field(
+        16, ge=1,
+        description="gallery: shards read per group to choose from (a deterministic spread of them), so the gallery "
+        "costs the same on a demo and on LAION-5B",
+    )
 
     @model_validator(mode="after")
     def _check_ranges(self) -> StatsConfig:

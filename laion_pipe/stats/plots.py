@@ -132,3 +132,65 @@ def make_plots(result: StatsResult) -> dict[str, bytes]:
         plots["domains"] = _top_bars(top.domains, f"Top domains: {cell('subset', top.subset)}", "pairs")
     plots["funnel"] = _funnel(result)
     return {k: v for k, v in plots.items() if v is not None}
+
+
+PLOT_ORDER: tuple[str, ...] = ("similarity", "text_length", "sizes", "languages_", "domains", "funnel")
+"""The order `make_plots` returns its plots in (prefixes), for re-reading them from `stats/plots/`."""
+
+
+def plot_order(names: list[str], subsets: list[str] | None = None) -> list[str]:
+    """`names` (saved plot names) in the order the report shows them: `make_plots`' order, the
+    language plots in the order of `subsets` (the table's rows); unknown names last, by name."""
+    position = {f"languages_{s}": i for i, s in enumerate(subsets or [])}
+
+    def rank(name: str) -> tuple[int, int, str]:
+        for i, p in enumerate(PLOT_ORDER):
+            if name == p or (p.endswith("_") and name.startswith(p)):
+                return i, position.get(name, len(position)), name
+        return len(PLOT_ORDER), 0, name
+
+    return sorted(names, key=rank)
+
+
+def _ema(values: np.ndarray, span: int) -> np.ndarray:
+    """Exponential moving average (the smoothing TensorBoard shows), bias-corrected at the start."""
+    alpha = 2.0 / (span + 1)
+    out = np.empty_like(values)
+    acc, weight = 0.0, 0.0
+    for i, v in enumerate(values):
+        acc = (1 - alpha) * acc + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out[i] = acc / weight
+    return out
+
+
+def loss_curve(runs: dict[str, tuple[list[float], list[float]]]) -> bytes | None:
+    """Training loss against step, one line per training run (name -> (steps, losses)): the
+    logged values faint, their moving average on top when there are enough points to smooth.
+    A log scale when the loss spans more than a factor of ten."""
+    runs = {k: v for k, v in runs.items() if len(v[0])}
+    if not runs:
+        return None
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.subplots()
+    lows, highs = [], []
+    for i, (name, (steps, losses)) in enumerate(runs.items()):
+        x, y = np.asarray(steps, dtype=float), np.asarray(losses, dtype=float)
+        colour = f"C{i % 10}"
+        if len(y) >= 20:
+            ax.plot(x, y, color=colour, alpha=0.3, linewidth=0.8)
+            ax.plot(x, _ema(y, max(5, len(y) // 20)), color=colour, linewidth=1.8, label=f"{name} (smoothed)")
+        else:
+            ax.plot(x, y, color=colour, linewidth=1.6, marker="o", markersize=3, label=name)
+        finite = y[np.isfinite(y)]
+        if len(finite):
+            lows.append(finite.min())
+            highs.append(finite.max())
+    if lows and min(lows) > 0 and max(highs) / min(lows) > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    return _png(fig)
