@@ -139,6 +139,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved timed rounds of each; the best of each is kept")
     ap.add_argument("--watermark-arch", default="test_efficientnet")
     ap.add_argument("--decode-threads", type=int, default=None, help="score.decode_threads (default: the stage's)")
+    ap.add_argument("--record", action="store_true",
+                    help="write the stage's figure to laion_pipe/unit_costs.json (read by `laion-pipe run --dry-run`): "
+                         "on CPU its CPU seconds per 1,000 images (score.cpu_core_seconds_per_thousand_images), "
+                         "on a GPU its images/s (score.gpu_images_per_second)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     gpu = device.startswith("cuda")
@@ -181,6 +185,21 @@ def main() -> None:
         # CPU seconds per image (this process, all threads): a cross-check that is less sensitive to
         # other load on a shared machine than wall-clock rates
         print(f"cpu s/image: model-only {min(model_cpu) / n:.3f}, stage {min(stage_cpu) / n:.3f}")
+        if args.record:
+            from laion_pipe.costs import measured_source, record_unit_cost
+
+            cmd = " ".join(["benchmarks/bench_score.py", *sys.argv[1:]])
+            setup = (f"the score stage over {n} generated 256 px images, ViT-B-32 (random weights), batch {bs}, "
+                     f"watermark net {args.watermark_arch} (LAION's efficientnet_b3a costs more), best of {args.rounds}")
+            if gpu:
+                key, value, unit = "score.gpu_images_per_second", stage_rate, "images per second per GPU (the score stage)"
+                setup = f"{setup}, on {torch.cuda.get_device_name()}; JPEG decoding on the CPU cores of that machine"
+            else:
+                key, value, unit = ("score.cpu_core_seconds_per_thousand_images", min(stage_cpu) / n * 1000,
+                                    "core-s per 1,000 images scored on CPU")
+                setup = f"CPU seconds (all threads of the process) of {setup}, {torch.get_num_threads()} torch threads"
+            record_unit_cost(key, value, unit, measured_source(cmd, setup))
+            print(f"recorded {key} = {value:.4g} in laion_pipe/unit_costs.json")
         print(f"ratio: {stage_rate / model_rate:.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
