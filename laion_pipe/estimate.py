@@ -101,7 +101,7 @@ class Estimate:
     def render(self) -> str:
         """Plain lines for a terminal or a batch log."""
         w = self.inputs
-        lines = [f"estimate for workflow {self.name!r}, on paper (per-unit figures: laion_pipe/unit_costs.json)"]
+        lines = [f"estimate for {self.name}, on paper (per-unit figures: laion_pipe/unit_costs.json)"]
         wat = f"{w.wat_equivalents:,.0f}" if w.wat_equivalents >= 1000 else sig(w.wat_equivalents)
         lines.append(f"inputs: {w.files:,} file{'s' if w.files != 1 else ''} = {wat} real-size WAT file"
                      f"{'s' if w.wat_equivalents != 1 else ''}")
@@ -242,7 +242,7 @@ def estimate(
     image_size: int = 256,
     resize_mode: str = "keep_ratio",
     stages: Sequence[str] = ESTIMATED_STAGES,
-    name: str = "run",
+    name: str = "this run",
 ) -> Estimate:
     """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
     c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
@@ -305,6 +305,18 @@ class Cluster:
     dns_queries_per_second: float
     shuffle_bytes: float  # what dedup moves between workers
 
+    def render(self) -> str:
+        days = self.hours / 24
+        lines = [f"to finish in {sig(self.hours)} hours ({sig(days)} days), each stage spread over the whole time:"]
+        for stage, n in self.cores.items():
+            lines.append(f"  {stage:<9} {sig(n):>10} cores")
+        lines.append(f"  {'score':<9} {sig(self.gpus):>10} GPUs (or {sig(self.score_cores_without_gpus)} cores without GPUs)")
+        lines.append(f"  disk      {nbytes(self.disk_bytes):>10} (candidates/ + images/ + dataset/)")
+        lines.append(f"  network   {sig(self.network_bits_per_second / 1e9):>10} Gbit/s in, sustained")
+        lines.append(f"  DNS       {human(self.dns_queries_per_second):>10} lookups/s (upper bound)")
+        lines.append(f"  shuffle   {nbytes(self.shuffle_bytes):>10} written and read once by dedup")
+        return "\n".join(lines)
+
 
 def cluster_for(est: Estimate, hours: float) -> Cluster:
     """The resources that do `est` in `hours` (each stage spread over the whole time: the stages
@@ -332,7 +344,7 @@ def dry_run_estimate(wf, stages: Sequence[str] | None = None, costs: Mapping[str
         return f"estimate for workflow {wf.name!r}: the workflow names no inputs, nothing to estimate"
     counted = count_inputs(wf.inputs, costs, wf.extract.max_files, wf.extract.crawl_base_url)
     est = estimate(counted, costs, image_size=wf.download.image_size, resize_mode=wf.download.resize_mode,
-                   stages=run, name=wf.name)
+                   stages=run, name=f"workflow {wf.name!r}")
     text = est.render()
     skipped = [s for s in (stages or ()) if s not in ESTIMATED_STAGES]
     if skipped:
@@ -366,3 +378,36 @@ def nbytes(x: float) -> str:
         if abs(x) >= div:
             return f"{sig(x / div)} {suffix}"
     return f"{sig(x)} B"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m laion_pipe.estimate`: the estimate for a number of WAT files or for a dataset
+    size, and optionally the cluster that does it in a given time (docs/scaling.md's numbers)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m laion_pipe.estimate", description=main.__doc__)
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--wat-files", type=float, metavar="N", help="real-size WAT files (default: one typical crawl)")
+    size.add_argument("--pairs", type=float, metavar="P", help="pairs wanted in dataset/, e.g. 5.85e9 for LAION-5B")
+    ap.add_argument("--hours", type=float, metavar="H", help="also print the cluster that finishes in H hours (168: a week)")
+    ap.add_argument("--image-size", type=int, default=256, help="download.image_size (default 256)")
+    ap.add_argument("--costs", metavar="FILE", help="cost file (default: the package's unit_costs.json)")
+    args = ap.parse_args(argv)
+    costs = load_unit_costs(args.costs)
+    if args.pairs is not None:
+        wat, note, name = wat_files_for_pairs(args.pairs, costs), f"the WAT files whose pairs leave {human(args.pairs)} in dataset/", f"{human(args.pairs)} pairs"
+    elif args.wat_files is not None:
+        wat, note, name = args.wat_files, "as given (--wat-files)", f"{human(args.wat_files)} WAT files"
+    else:
+        wat = get(costs, K_WAT_FILES).value
+        note, name = f"one typical crawl ({get(costs, K_WAT_FILES).kind})", "one crawl"
+    est = estimate(InputCount(files=math.ceil(wat), wat_equivalents=wat, notes=(note,)), costs,
+                   image_size=args.image_size, name=name)
+    print(est.render())
+    if args.hours:
+        print(cluster_for(est, args.hours).render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

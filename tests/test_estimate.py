@@ -245,3 +245,21 @@ def test_run_dry_run_prints_the_estimate_as_a_user_runs_it(three_wats: Path, tmp
     # 6,000 bytes against the shipped 374.7 MB real WAT file
     assert "3 files = " in out and "real-size WAT files" in out
     assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_estimate_module_as_a_user_runs_it(tmp_path: Path) -> None:
+    """`python -m laion_pipe.estimate --wat-files 3 --hours 1` (docs/scaling.md's command) on injected figures."""
+    figures = tmp_path / "costs.json"
+    for key, value in FIGURES.items():
+        record_unit_cost(key, value, "unit", "published: test figure", path=figures)
+    r = subprocess.run([sys.executable, "-m", "laion_pipe.estimate", "--wat-files", "3", "--hours", "1", "--costs", str(figures)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "6.00k candidates -> 3.00k unique -> 2.40k images downloaded -> 300 in dataset/" in r.stdout
+    # one hour: extract 108 core-s / 3,600 s; scoring 1,200 GPU-s / 3,600 s
+    assert "extract       0.0300 cores" in r.stdout
+    assert "score          0.333 GPUs (or 1.00 cores without GPUs)" in r.stdout
+    pairs = subprocess.run([sys.executable, "-m", "laion_pipe.estimate", "--pairs", "300", "--costs", str(figures)],
+                           capture_output=True, text=True, timeout=120)
+    assert pairs.returncode == 0, pairs.stderr
+    assert "= 3.00 real-size WAT files" in pairs.stdout  # 300 / (1,000 x 0.1)
