@@ -4,7 +4,8 @@ Decoding dominates a data feed's CPU time. A JPEG stored at 512 px feeding a 64 
 an eighth of its pixels: Pillow's draft mode asks libjpeg to decode at 1/2, 1/4 or 1/8 scale
 (DCT scaling), several times cheaper than a full decode followed by a resize, and it stops at the
 smallest scale that still covers the target, so the final resize always has work left (the same
-trick the download stage uses, laion_pipe/images.py). The resize and crop are then cheap.
+trick the download stage uses, laion_pipe/images.py). The resize and crop are then cheap: only
+the region under the crop is resampled.
 
 Crop coordinates and output sizes are computed from the image's stored size, never from the
 reduced decode, so draft decoding changes pixels by resampling noise only, never geometry.
@@ -65,13 +66,25 @@ def crop_box(stored: tuple[int, int], target_h: int, target_w: int, center: bool
 
 
 def to_array(im: Image.Image, box: tuple[int, int, int, int], target_h: int, target_w: int, flip: bool) -> np.ndarray:
-    """The crop as uint8 HxWx3: resize the (possibly reduced) decode to the cover size, mirror
-    if asked, cut. INTER_AREA when shrinking (no aliasing), bicubic when enlarging."""
+    """The crop as uint8 HxWx3. Only the source region under the crop is resampled, straight
+    from the (possibly reduced) decode: pixels the crop throws away are never resized (the
+    region is cut on whole source pixels, so the crop may sit up to one source pixel off).
+    After a draft decode a JPEG is shrunk by less than 2x, where OpenCV's bilinear is within
+    noise of an antialiased resize and about 2.5x faster than Pillow's; INTER_AREA beyond 2x
+    (PNG, WebP: no draft), bicubic when enlarging."""
     rw, rh, top, left = box
-    arr = np.asarray(im)
-    if (arr.shape[1], arr.shape[0]) != (rw, rh):
-        shrink = arr.shape[1] > rw or arr.shape[0] > rh
-        arr = cv2.resize(arr, (rw, rh), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
     if flip:
-        arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr[top: top + target_h, left: left + target_w])
+        left = rw - left - target_w  # the crop's left edge before mirroring
+    arr = np.asarray(im)
+    sx, sy = arr.shape[1] / rw, arr.shape[0] / rh
+    if sx == 1 and sy == 1:
+        out = arr[top: top + target_h, left: left + target_w]
+    else:
+        x0, x1 = math.floor(left * sx), min(arr.shape[1], math.ceil((left + target_w) * sx))
+        y0, y1 = math.floor(top * sy), min(arr.shape[0], math.ceil((top + target_h) * sy))
+        f = max(sx, sy)
+        inter = cv2.INTER_AREA if f > 2 else cv2.INTER_LINEAR if f > 1 else cv2.INTER_CUBIC
+        out = cv2.resize(arr[y0:y1, x0:x1], (target_w, target_h), interpolation=inter)
+    if flip:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
