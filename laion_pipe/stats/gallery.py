@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .. import fsio
-from ..recipes import CHECK_ORDER, KEEP, Recipe, resolve_recipes
+from ..recipes import CHECK_ORDER, Recipe, resolve_recipes
 from ..schema import STAGE_DIRS, SUBSETS
 
 GALLERY_FILE = "gallery.json"
@@ -214,6 +214,12 @@ def _thumbs(tar_path: str, keys: set[str], size: int, skipped: Counter) -> dict[
     return found
 
 
+def _relative(out: str, path: str) -> str:
+    """`path` relative to the run directory `out` (select's InputShard holds joined paths)."""
+    base = out.rstrip("/") + "/"
+    return path[len(base):] if path.startswith(base) else path
+
+
 def _fill_thumbs(out: str, samples: list[Sample], size: int, skipped: Counter) -> None:
     by_tar: dict[str, list[Sample]] = {}
     for s in samples:
@@ -302,7 +308,7 @@ def _removed_groups(out: str, wf: Any, n: int, scan: int, skipped: Counter) -> l
             skipped["unreadable_shard"] += 1
             continue
         rows: list[dict] | None = None
-        tar = f"{STAGE_DIRS['download']}/{shard.subset}/{shard.shard}.tar"
+        tar = _relative(out, shard.tar)
         for r in mine:
             for reason in SCORE_REASONS:
                 idx = np.flatnonzero(codes[r.name] == CHECK_ORDER.index(reason) + 1)
@@ -378,8 +384,13 @@ def write_gallery(out: str, wf: Any) -> list[str]:
 
 
 def load_gallery(out: str) -> Gallery | None:
+    """The saved gallery; None when there is none or it is not one this version wrote (the
+    report then has no gallery until the stats stage runs again)."""
     path = gallery_path(out)
     if not fsio.exists(path):
         return None
-    d = fsio.read_json(path)
-    return Gallery.from_dict(d) if isinstance(d, dict) and d.get("version") == VERSION else None
+    try:
+        d = fsio.read_json(path)
+        return Gallery.from_dict(d) if isinstance(d, dict) and d.get("version") == VERSION else None  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError):  # orjson.JSONDecodeError is a ValueError
+        return None

@@ -69,12 +69,12 @@ dl.sc .hit { color: #b00020; font-weight: 600; }
 </head>
 <body>
 <h1>Dataset statistics</h1>
-<p>Source: <code>{{ source }}</code> &middot; laion_pipe {{ version }}</p>
-{% if gallery or training or evals %}<nav>{% if has_stats %}<a href="#stats-table">Table</a>{% endif %}
+<p>{% if has_stats %}Source: <code>{{ source }}</code> &middot; {% endif %}laion_pipe {{ version }}</p>
+{% if gallery or training or evals or training_notes %}<nav>{% if has_stats %}<a href="#stats-table">Table</a>{% endif %}
 {%- if funnel %}<a href="#funnel">Funnel</a>{% endif %}
 {%- if gallery %}<a href="#gallery">Gallery</a>{% endif %}
-{%- if plots %}<a href="#plots">Plots</a>{% endif %}
-{%- if training or evals %}<a href="#training">Training and evaluation</a>{% endif %}</nav>{% endif %}
+{%- if training or evals or training_notes %}<a href="#training">Training and evaluation</a>{% endif %}
+{%- if plots %}<a href="#plots">Plots</a>{% endif %}</nav>{% endif %}
 {% if has_stats %}
 <h2>Pairs per subset</h2>
 <table id="stats-table">
@@ -134,6 +134,33 @@ whose bound removed it; the score that removed it is in red.</p>
 {% endfor %}
 {% endif %}
 
+{% if training or evals or training_notes %}
+<h2 id="training">Training and evaluation</h2>
+{% for line in training_notes %}<p class="note">{{ line }}</p>{% endfor %}
+{% if training %}
+<table id="training-table">
+<thead><tr>{% for h in training_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in training %}<tr>{% for c in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+{% if loss_plot %}<div class="plot"><img alt="training loss" src="{{ loss_plot }}"></div>{% endif %}
+{% endif %}
+{% if evals %}
+<table id="eval-table">
+<thead><tr>{% for h in eval_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for e in evals %}<tr>{% for c in e.cells %}<td{% if not loop.first and loop.index0 < 5 %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
+<ul class="defs">{% for d in eval_definitions %}<li>{{ d }}</li>{% endfor %}</ul>
+{% for e in evals %}{% if e.grid %}<h3>Generated images: {{ e.name }}</h3>
+<p class="meta">{{ e.meta }}</p>
+<div class="grid"><img alt="generated images of {{ e.name }} with their prompts" src="{{ e.grid }}"></div>
+{% endif %}{% endfor %}
+{% endif %}
+{% endif %}
+
 {% if tops %}
 <h2>Top languages and domains</h2>
 <div class="tops">
@@ -151,32 +178,6 @@ whose bound removed it; the score that removed it is in red.</p>
 {% endfor %}
 {% endif %}
 
-{% if training or evals %}
-<h2 id="training">Training and evaluation</h2>
-{% if training %}
-<table id="training-table">
-<thead><tr>{% for h in training_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for row in training %}<tr>{% for c in row %}<td{% if not loop.first %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
-{% endfor %}</tbody>
-</table>
-{% for line in training_notes %}<p class="note">{{ line }}</p>{% endfor %}
-{% if loss_plot %}<div class="plot"><img alt="training loss" src="{{ loss_plot }}"></div>{% endif %}
-{% endif %}
-{% if evals %}
-<table id="eval-table">
-<thead><tr>{% for h in eval_headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
-<tbody>
-{% for e in evals %}<tr>{% for c in e.cells %}<td{% if not loop.first and loop.index0 < 5 %} class="num"{% endif %}>{{ c }}</td>{% endfor %}</tr>
-{% endfor %}</tbody>
-</table>
-<ul class="defs">{% for d in eval_definitions %}<li>{{ d }}</li>{% endfor %}</ul>
-{% for e in evals %}{% if e.grid %}<h3>Generated images: {{ e.name }}</h3>
-<p class="meta">{{ e.meta }}</p>
-<div class="grid"><img alt="generated images of {{ e.name }} with their prompts" src="{{ e.grid }}"></div>
-{% endif %}{% endfor %}
-{% endif %}
-{% endif %}
 </body>
 </html>
 """
