@@ -1,11 +1,14 @@
 """Column names, subsets, drop reasons and pyarrow schemas that stages exchange.
 
-Stages only talk to each other through files, so these names are the contract (DESIGN.md):
-change one here and every reader and writer follows.
+Stages only talk to each other through files, so these names are the contract (README.md, "What
+each stage does"): change one here and every reader and writer follows. Where each stage's files
+live inside its folder is `shards.py`'s; which stages exist is `stages/registry.py`'s table.
 """
 from __future__ import annotations
 
 import pyarrow as pa
+
+from .stages.registry import FUNNEL_STAGES, ORDER, PIPELINE, STAGE_DIRS  # noqa: F401 - derived from the stage table
 
 SUBSETS: tuple[str, ...] = ("en", "multi", "nolang")
 """LAION's three language subsets, in the order tables list them."""
@@ -13,20 +16,13 @@ SUBSETS: tuple[str, ...] = ("en", "multi", "nolang")
 ANY_SUBSET = "*"
 """Key for drop reasons counted before a pair has a subset (e.g. a bad URL at extract)."""
 
-# Stage names, in pipeline order. Each has a top-level output folder of the same role.
-STAGES: tuple[str, ...] = ("extract", "dedup", "download", "score", "select", "stats")
-STAGE_DIRS: dict[str, str] = {
-    "extract": "candidates",
-    "dedup": "unique",
-    "download": "images",
-    "score": "scores",
-    "select": "dataset",
-    "stats": "stats",
-}
+STAGES: tuple[str, ...] = PIPELINE
+"""Deprecated alias of `PIPELINE` (extract .. stats), kept while `stats/funnel.py` derives its
+funnel from it; new code names what it means: `PIPELINE`, `FUNNEL_STAGES` or `ORDER`."""
 STATE_DIR = "_state"
 
-# Drop reasons: a short fixed vocabulary (DESIGN.md). Stages may only count reasons listed here,
-# so that the funnel in the stats stays comparable between runs.
+# Drop reasons: a short fixed vocabulary (README.md, "What each stage does"). Stages may only
+# count reasons listed here, so that the funnel in the stats stays comparable between runs.
 DROP_REASONS: frozenset[str] = frozenset(
     {
         # extract
@@ -104,6 +100,53 @@ CANDIDATE_SCHEMA = pa.schema(
     ]
 )
 """candidates/{subset}/part-NNNNN.parquet and unique/{subset}/part-NNNNN.parquet."""
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("page_url", pa.string()),
+        pa.field("language", pa.string()),
+        pa.field("language_score", pa.float32()),
+        pa.field("subset", pa.string()),
+        pa.field("license", pa.string()),
+        pa.field("key", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error_message", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("sha256", pa.string()),
+        pa.field("reason", pa.string()),
+    ]
+)
+"""images/{subset}/NNNNN.parquet: the input columns, `caption` (= text, img2dataset's name),
+img2dataset's result columns, and our drop `reason`."""
+
+IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
+"""Tar member extensions that hold a sample's image (download writes one of them)."""
+
+STATUS_OK, STATUS_ERROR = "ok", "score_error"
+"""`status` of a row of scores/: scored, or not (its drop reason is `score_error`)."""
+
+SCORE_COLUMNS: tuple[str, ...] = ("similarity", "punsafe", "pwatermark", "aesthetic")
+
+SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("uid", pa.string()),
+        pa.field("similarity", pa.float32()),
+        pa.field("punsafe", pa.float32()),
+        pa.field("pwatermark", pa.float32()),
+        pa.field("aesthetic", pa.float32()),
+        pa.field("status", pa.string()),
+        pa.field("error_message", pa.string()),
+    ]
+)
+"""scores/{subset}/NNNNN.parquet. Scores are NaN where status is score_error or a head is not configured."""
 
 # LAION-5B's published metadata columns, plus ours (final dataset parquet).
 LAION_COLUMNS: tuple[str, ...] = (
