@@ -20,6 +20,15 @@ def _gpu_resources(n: int) -> dict[str, float]:
     return {"GPU": float(n)} if n else {}
 
 
+def model_task_resources(cfg: ClusterConfig, request_gpu: bool | None) -> dict[str, float] | None:
+    """The Dask resources a model stage's task asks for (score, evaluate): {"GPU": 1} when the
+    stage's `request_gpu` says so, or, when it is unset (None), when this cluster section
+    declares GPUs on its workers. A task that asks for a GPU only runs on a worker that has one,
+    so asking on a cluster without GPU workers would wait forever: hence the default."""
+    want = request_gpu if request_gpu is not None else cfg.declared_gpus() > 0
+    return {"GPU": 1} if want else None
+
+
 def _jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     jq = cfg.jobqueue
     kw: dict[str, Any] = dict(

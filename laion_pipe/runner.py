@@ -6,6 +6,14 @@ writes `_state/{stage}/{key}.json` with status "done": that manifest is the only
 marks a partition finished, so killing the driver or a worker at any moment loses no finished
 work and leaves no half file under a final name. A rerun skips partitions whose manifest says
 done with the same input fingerprint; a partition whose input or settings changed is redone.
+
+The bookkeeping is public for stages that are not a set of Dask partitions (training runs
+under accelerate) or that plan in phases (dedup, select):
+- `is_done(out, stage, key, fingerprint)`: finished with exactly this input and settings;
+- `write_manifest(out, stage, key, fingerprint=..., inputs=..., outcome=...)`: mark it so;
+- `prune(out, stage, keep_keys)`: remove partitions (manifests and the outputs they list) that
+  the current plan no longer has.
+`--force` reaches every stage one way: `wf.runner.force`, read by `run_stage`.
 """
 from __future__ import annotations
 
@@ -97,6 +105,82 @@ def read_manifest(out: str, stage: str, key: str) -> dict | None:
         return None
 
 
+def done_manifest(out: str, stage: str, key: str, fingerprint: str) -> dict | None:
+    """The manifest of partition `key` of `stage` if it finished with exactly this fingerprint
+    (same inputs, same settings), else None."""
+    m = read_manifest(out, stage, key)
+    return m if m and m.get("status") == "done" and m.get("fingerprint") == fingerprint else None
+
+
+def is_done(out: str, stage: str, key: str, fingerprint: str) -> bool:
+    """Whether partition `key` of `stage` finished with exactly this fingerprint: the one test
+    every skip and every "is the earlier phase done?" check uses."""
+    return done_manifest(out, stage, key, fingerprint) is not None
+
+
+def write_manifest(
+    out: str,
+    stage: str,
+    key: str,
+    *,
+    fingerprint: str,
+    inputs: Iterable[str],
+    outcome: Outcome | None = None,
+    status: str = "done",
+    **fields: Any,
+) -> dict:
+    """Write `_state/{stage}/{key}.json` atomically and return it. With status "done" (the
+    default) this marks the partition finished: write it only after every output file is in
+    place. `outcome` adds its counts, drops, errors and outputs (paths relative to `out`, which
+    `prune` removes with the partition); `fields` add anything else (times, an error)."""
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "stage": stage,
+        "key": key,
+        "status": status,
+        "fingerprint": fingerprint,
+        "inputs": list(inputs),
+        **fields,
+        **(outcome.to_json() if outcome is not None else {}),
+    }
+    manifest.setdefault("finished", time.time())
+    fsio.write_json_atomic(manifest_path(out, stage, key), manifest)
+    return manifest
+
+
+def _remove(out: str, rels: Iterable[str]) -> None:
+    for rel in rels:
+        fs, p = fsio.fs_and_path(fsio.join(out, rel))
+        if fs.exists(p):
+            fs.rm(p)
+
+
+def manifest_keys(out: str, stage: str) -> list[str]:
+    """Keys of every partition manifest of `stage` (`_plan.json` and other `_` files excluded)."""
+    keys = []
+    for path in fsio.glob(fsio.join(out, STATE_DIR, stage, "*.json")):
+        name = path.rpartition("/")[2]
+        if not name.startswith("_"):
+            keys.append(name[: -len(".json")])
+    return keys
+
+
+def prune(out: str, stage: str, keep_keys: Iterable[str], *, within: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove the partitions of `stage` that are not in `keep_keys` (a new plan has fewer of them):
+    first the output files their manifests list, then the manifests. `within` limits pruning to
+    the keys it accepts (select prunes only the recipes it plans). Returns the removed keys."""
+    keep = set(keep_keys)
+    removed = []
+    for key in manifest_keys(out, stage):
+        if key in keep or (within is not None and not within(key)):
+            continue
+        _remove(out, (read_manifest(out, stage, key) or {}).get("outputs", []))
+        fs, p = fsio.fs_and_path(manifest_path(out, stage, key))
+        fs.rm(p)
+        removed.append(key)
+    return removed
+
+
 def _run_partition(stage: str, part: Partition, fn: StageFn, out: str, wf: Any) -> dict:
     """The Dask task: run the stage function, then mark the partition done. Raises on failure
     so Dask's own retries apply (on another worker when a worker died)."""
@@ -106,24 +190,11 @@ def _run_partition(stage: str, part: Partition, fn: StageFn, out: str, wf: Any) 
     finished = time.time()
     # Outputs of an earlier run of this partition that this run no longer writes are stale.
     if previous and previous.get("fingerprint") != part.fingerprint:
-        for rel in set(previous.get("outputs", [])) - set(outcome.outputs):
-            fs, p = fsio.fs_and_path(fsio.join(out, rel))
-            if fs.exists(p):
-                fs.rm(p)
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "stage": stage,
-        "key": part.key,
-        "status": "done",
-        "fingerprint": part.fingerprint,
-        "inputs": list(part.inputs),
-        "started": started,
-        "finished": finished,
-        "seconds": round(finished - started, 3),
-        **outcome.to_json(),
-    }
-    fsio.write_json_atomic(manifest_path(out, stage, part.key), manifest)
-    return manifest
+        _remove(out, set(previous.get("outputs", [])) - set(outcome.outputs))
+    return write_manifest(
+        out, stage, part.key, fingerprint=part.fingerprint, inputs=part.inputs, outcome=outcome,
+        started=started, finished=finished, seconds=round(finished - started, 3),
+    )  # fmt: skip
 
 
 @dataclass
@@ -188,11 +259,10 @@ def run_stage(
     client: Client,
     *,
     resources: dict[str, float] | None = None,
-    force: bool = False,
 ) -> StageReport:
     """Run `fn` over `partitions` on `client`, skipping those already done with the same
-    fingerprint. Failed partitions (after `wf.runner.retries` Dask retries) get a manifest with
-    status "failed" and their error; the others still complete."""
+    fingerprint (unless `wf.runner.force`). Failed partitions (after `wf.runner.retries` Dask
+    retries) get a manifest with status "failed" and their error; the others still complete."""
     t0 = time.time()
     keys = [p.key for p in partitions]
     if len(set(keys)) != len(keys):
@@ -201,10 +271,10 @@ def run_stage(
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
     runner_cfg = getattr(wf, "runner", None)
-    force = force or bool(getattr(runner_cfg, "force", False))
+    force = bool(getattr(runner_cfg, "force", False))
     for part in partitions:
-        m = None if force else read_manifest(out, stage, part.key)
-        if m and m.get("status") == "done" and m.get("fingerprint") == part.fingerprint:
+        m = None if force else done_manifest(out, stage, part.key, part.fingerprint)
+        if m is not None:
             report.skipped += 1
             report.add(m)
         else:
@@ -239,19 +309,11 @@ def run_stage(
             else:
                 exc = fut.exception()
                 tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback())) if exc else ""
-                failure = {
-                    "version": MANIFEST_VERSION,
-                    "stage": stage,
-                    "key": part.key,
-                    "status": "failed",
-                    "fingerprint": part.fingerprint,
-                    "inputs": list(part.inputs),
-                    "error": (f"{type(exc).__name__}: {exc}" if exc else "unknown error")[:1000],
-                    "traceback": tb[-5000:],
-                    "attempts": retries + 1,
-                    "finished": time.time(),
-                }
-                fsio.write_json_atomic(manifest_path(out, stage, part.key), failure)
+                failure = write_manifest(
+                    out, stage, part.key, fingerprint=part.fingerprint, inputs=part.inputs, status="failed",
+                    error=(f"{type(exc).__name__}: {exc}" if exc else "unknown error")[:1000],
+                    traceback=tb[-5000:], attempts=retries + 1,
+                )  # fmt: skip
                 report.failed.append({"key": part.key, "error": failure["error"]})
             fut.release()
             prog.update(task, advance=1, note=f"{len(report.failed)} failed" if report.failed else "")
@@ -267,11 +329,7 @@ def stage_status(out: str, stage: str) -> dict[str, list[str]]:
         planned = [p["key"] for p in fsio.read_json(plan_path)["partitions"]]  # type: ignore[index]
     status: dict[str, list[str]] = {"done": [], "failed": [], "pending": []}
     seen = set()
-    for path in fsio.glob(fsio.join(out, STATE_DIR, stage, "*.json")):
-        name = path.rpartition("/")[2]
-        if name.startswith("_"):
-            continue
-        key = name[: -len(".json")]
+    for key in manifest_keys(out, stage):
         m = read_manifest(out, stage, key)
         st = (m or {}).get("status")
         if st in ("done", "failed"):

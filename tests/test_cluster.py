@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from laion_pipe.cluster import job_script, open_client
+from laion_pipe.cluster import job_script, model_task_resources, open_client
 from laion_pipe.config import load_workflow, workflow_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,6 +19,21 @@ def test_local_cluster_declares_gpu_resources():
         assert len(workers) == 1
         assert next(iter(workers.values()))["resources"] == {"GPU": 1.0}
         assert client.submit(lambda: 41 + 1, resources={"GPU": 1}).result() == 42
+
+
+def test_model_tasks_ask_for_a_gpu_only_where_workers_have_one():
+    """The policy score (and evaluate) tasks follow: a GPU request on a cluster without GPU
+    workers would wait forever, so by default they ask only when the cluster declares GPUs."""
+    def res(cluster: dict, request=None):
+        return model_task_resources(workflow_from_dict({"cluster": cluster}).cluster, request)
+
+    assert res({}) is None and res({"kind": "address", "address": "tcp://x:1"}) is None
+    assert res({"gpus_per_worker": 1}) == {"GPU": 1}
+    assert res({"kind": "slurm", "jobqueue": {"gpus_per_job": 2}}) == {"GPU": 1}
+    assert res({"kind": "pbs", "jobqueue": {"gpus_per_job": 1}}) == {"GPU": 1}
+    assert res({"kind": "kubernetes", "kubernetes": {"gpus_per_worker": 1}}) == {"GPU": 1}
+    assert res({}, request=True) == {"GPU": 1}  # an existing scheduler's GPU workers: ask explicitly
+    assert res({"gpus_per_worker": 1}, request=False) is None
 
 
 def test_slurm_job_script_from_workflow():

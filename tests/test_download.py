@@ -240,3 +240,38 @@ def test_bad_input_rows_do_not_crash_the_shard(tmp_path):
         outcome = download.process(part, str(tmp_path), wf)
     assert outcome.kept == {"nolang": 1}
     assert outcome.drops["nolang"] == {"bad_url": 4}
+
+
+def test_force_with_retry_failed_redoes_every_shard(tmp_path):
+    """`--force` reaches the stage one way (the workflow's runner.force), so with
+    `--retry-failed` a done shard is downloaded again from scratch, not merged."""
+    import yaml
+
+    from laion_pipe.cli import main
+
+    with srv.ImageServer() as s:
+        for i in range(3):
+            s.route(f"/{i}.jpg", srv.static(jpeg(400, 300, seed=i)))
+        ok = srv.static(jpeg(500, 400, seed=7))
+        s.route("/a.jpg", srv.sequence(srv.status(503), srv.status(503), ok))  # recovers on the 3rd request
+        s.route("/b.jpg", srv.sequence(*[srv.status(503)] * 4, ok))  # on the 5th
+        write_part(tmp_path, "en", 0, [s.url(f"/{p}.jpg") for p in ("0", "1", "2", "a", "b")])
+        wf_file = tmp_path / "wf.yaml"
+        data = workflow(retries=1).model_dump(mode="json")
+        data["cluster"].update(n_workers=1, processes=False)
+        wf_file.write_text(yaml.safe_dump(data))
+        stats_file = tmp_path / "images" / "en" / "00000_stats.json"
+
+        assert main(["download", "--out", str(tmp_path), "--workflow", str(wf_file)]) == 0
+        assert json.loads(stats_file.read_text())["transient_failures"] == 2
+        hits = dict(s.hits)
+        assert main(["download", "--out", str(tmp_path), "--retry-failed"]) == 0  # the run's saved workflow
+        assert {p: s.hits[p] - hits.get(p, 0) for p in s.hits if s.hits[p] != hits.get(p, 0)} == {"/a.jpg": 1, "/b.jpg": 2}
+        stats = json.loads(stats_file.read_text())
+        assert (stats["retried"], stats["successes"], stats["transient_failures"]) == (1, 4, 1)
+
+        hits = dict(s.hits)
+        assert main(["download", "--out", str(tmp_path), "--retry-failed", "--force"]) == 0
+        assert all(s.hits[f"/{p}.jpg"] == hits[f"/{p}.jpg"] + 1 for p in ("0", "1", "2", "a", "b")), "every image fetched again"
+        stats = json.loads(stats_file.read_text())
+        assert (stats["retried"], stats["successes"]) == (0, 5), "a fresh download, not a merge"

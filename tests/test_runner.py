@@ -8,7 +8,17 @@ import pytest
 
 from laion_pipe import fsio
 from laion_pipe.config import workflow_from_dict
-from laion_pipe.runner import Outcome, Partition, fingerprint, read_manifest, run_stage, stage_status
+from laion_pipe.runner import (
+    Outcome,
+    Partition,
+    fingerprint,
+    is_done,
+    prune,
+    read_manifest,
+    run_stage,
+    stage_status,
+    write_manifest,
+)
 
 CALLS_DIR = "calls"
 
@@ -131,3 +141,34 @@ def test_atomic_open_leaves_nothing_on_failure(tmp_path):
             f.write(b"half")
             raise RuntimeError("killed")
     assert not target.exists() and list(target.parent.iterdir()) == []
+
+
+def test_bookkeeping_for_stages_outside_run_stage(tmp_path):
+    """What a stage that is not a set of Dask partitions (training) uses: mark done, ask, prune."""
+    out = str(tmp_path / "run")
+    assert not is_done(out, "train", "en", "fp1")
+    (tmp_path / "run" / "train" / "en").mkdir(parents=True)
+    (tmp_path / "run" / "train" / "en" / "final.bin").write_bytes(b"weights")
+    o = Outcome(outputs=["train/en/final.bin"])
+    o.counts["steps"] = 10
+    m = write_manifest(out, "train", "en", fingerprint="fp1", inputs=["dataset/en"], outcome=o, seconds=1.5)
+    assert m == read_manifest(out, "train", "en")
+    assert m["status"] == "done" and m["counts"] == {"steps": 10} and m["seconds"] == 1.5 and m["finished"] > 0
+    assert is_done(out, "train", "en", "fp1") and not is_done(out, "train", "en", "fp2")
+    write_manifest(out, "train", "multi", fingerprint="fp1", inputs=[], status="failed", error="boom")
+    assert not is_done(out, "train", "multi", "fp1")
+    assert stage_status(out, "train") == {"done": ["en"], "failed": ["multi"], "pending": []}
+    # a plan without "en" removes its manifest and the outputs it lists; `within` limits the pruning
+    assert prune(out, "train", ["multi"], within=lambda key: key != "en") == []
+    assert prune(out, "train", ["multi"]) == ["en"]
+    assert not (tmp_path / "run" / "train" / "en" / "final.bin").exists()
+    assert read_manifest(out, "train", "en") is None and read_manifest(out, "train", "multi")["error"] == "boom"
+
+
+def test_force_redoes_done_partitions(tmp_path, inputs, dask_client):
+    out = tmp_path / "run"
+    wf = workflow_from_dict({"runner": {"progress": False}})
+    run_stage("toy", _plan(inputs), _copy_upper, str(out), wf, dask_client)
+    forced = workflow_from_dict({"runner": {"progress": False, "force": True}})
+    rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), forced, dask_client)
+    assert (rep.done, rep.skipped) == (3, 0) and _calls(out, "part-00000") == 2

@@ -16,8 +16,10 @@ from shards import Pair, draw_image, synthetic_pairs, tiny_models_config, write_
 from laion_pipe.config import workflow_from_dict
 from laion_pipe.models.aesthetic import load_aesthetic
 from laion_pipe.models.clip import cached_clip
+from laion_pipe.models.scorer import load_models
+from laion_pipe.schema import SCORE_SCHEMA
+from laion_pipe.shards import iter_tar_samples
 from laion_pipe.stages import score
-from laion_pipe.stages.score import SCORE_SCHEMA, iter_tar_samples
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def test_identical_captions_are_encoded_once(tmp_path, models_cfg, monkeypatch):
         seen.extend(texts)
         return original(self, texts, batch_size)
 
-    score.load_models(wf, "en")  # loading encodes the zero-shot NSFW prompts: not the captions
+    load_models(wf, "en")  # loading encodes the zero-shot NSFW prompts: not the captions
     monkeypatch.setattr(type(clip), "encode_texts", spy)
     outcome, table = run_one(tmp_path, wf)
     assert sorted(seen) == ["a red circle", "image", "product photo"]
@@ -131,7 +133,7 @@ def test_decoding_overlaps_with_model_compute(tmp_path, models_cfg, monkeypatch)
     is busy with an earlier batch."""
     write_shard(tmp_path, "en", 0, synthetic_pairs(32, seed=4))
     wf = make_wf(models_cfg, batch_size=4, decode_threads=2, prefetch_batches=1)  # at most ~3 batches ahead
-    models = score.load_models(wf, "en")
+    models = load_models(wf, "en")
     decode_spans, model_spans = [], []
     lock = threading.Lock()
     real_decode = score._decode

@@ -16,11 +16,11 @@ import pytest
 from shards import Pair, draw_image, write_shard
 
 from laion_pipe.config import ConfigError, workflow_from_dict
-from laion_pipe.recipes import PRESETS, resolve_recipes
+from laion_pipe.config.presets import PRESETS
+from laion_pipe.recipes import resolve_recipes
 from laion_pipe.runner import stage_status
-from laion_pipe.schema import DATASET_SCHEMA
+from laion_pipe.schema import DATASET_SCHEMA, SCORE_SCHEMA
 from laion_pipe.stages import select
-from laion_pipe.stages.score import SCORE_SCHEMA
 
 NAN = float("nan")
 

@@ -56,3 +56,13 @@ class ClusterConfig(Section):
     # jobqueue / kubernetes
     jobqueue: JobqueueConfig = JobqueueConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+
+    def declared_gpus(self) -> int:
+        """GPUs this section declares on its workers or jobs (0 for an existing scheduler, whose
+        workers declare their own resources)."""
+        return {
+            "local": self.gpus_per_worker,
+            "slurm": self.jobqueue.gpus_per_job,
+            "pbs": self.jobqueue.gpus_per_job,
+            "kubernetes": self.kubernetes.gpus_per_worker,
+        }.get(self.kind, 0)

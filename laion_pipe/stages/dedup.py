@@ -39,7 +39,12 @@ The rules (what a user can rely on):
   bad records (`outcome.error`), not crashes; a file without the required columns fails its task.
 - Any change of the inputs or settings redoes the phases after the bucketing of unchanged files:
   a global dedup cannot be updated incrementally. Partitions and their files that a new plan no
-  longer has (fewer buckets, fewer parts) are removed, so `unique/` never holds stale parts.
+  longer has (fewer buckets, fewer parts) are removed (`runner.prune`), so `unique/` never holds
+  stale parts.
+
+Why one module of ~560 lines (over the ~400 the other stages keep to): the three phases are one
+algorithm. The hash, the bucket ranges, the survivor order and the file layout of one phase are
+what the next phase relies on; kept side by side they can be read (and changed) together.
 """
 from __future__ import annotations
 
@@ -54,9 +59,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import blocklists, fsio, runner
+from .. import blocklists, fsio, runner, shards
 from ..runner import Outcome, Partition, StageReport
-from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, STATE_DIR, SUBSET, SUBSETS, TEXT, UID, URL
+from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSET, SUBSETS, TEXT, UID, URL
 
 NAME = "dedup"
 BUCKET_STAGE = "dedup.bucket"
@@ -276,8 +281,8 @@ def plan_buckets(out: str, wf) -> tuple[list[Partition], int]:
 def _done_manifests(out: str, stage: str, parts: list[Partition]) -> dict[str, dict]:
     found = {}
     for part in parts:
-        m = runner.read_manifest(out, stage, part.key)
-        if not m or m.get("status") != "done" or m.get("fingerprint") != part.fingerprint:
+        m = runner.done_manifest(out, stage, part.key, part.fingerprint)
+        if m is None:
             raise RuntimeError(f"{stage} partition {part.key} is not done: run the dedup stage's earlier phases first")
         found[part.key] = m
     return found
@@ -510,7 +515,7 @@ def process_reduce(part: Partition, out: str, wf) -> Outcome:
 
 
 def part_path(subset: str, index: int) -> str:
-    return f"{STAGE_DIRS[NAME]}/{subset}/part-{index:05d}.parquet"
+    return shards.unique_part(subset, index)
 
 
 def process(part: Partition, out: str, wf) -> Outcome:
@@ -528,24 +533,6 @@ def process(part: Partition, out: str, wf) -> Outcome:
 
 
 # ---------------------------------------------------------------- driver
-
-
-def _prune(out: str, stage: str, keep: set[str]) -> None:
-    """Remove manifests (and the files they list) of partitions the current plan no longer has."""
-    for path in fsio.glob(fsio.join(out, STATE_DIR, stage, "*.json")):
-        name = path.rpartition("/")[2]
-        if name.startswith("_"):
-            continue
-        key = name[: -len(".json")]
-        if key in keep:
-            continue
-        m = runner.read_manifest(out, stage, key) or {}
-        for rel in m.get("outputs", []):
-            fs, p = fsio.fs_and_path(fsio.join(out, rel))
-            if fs.exists(p):
-                fs.rm(p)
-        fs, p = fsio.fs_and_path(path)
-        fs.rm(p)
 
 
 def _merge(reports: list[StageReport], n_buckets: int) -> StageReport:
@@ -569,16 +556,16 @@ def run(out: str, wf, client) -> StageReport:
     """All three phases; stops after a phase with failures (a global dedup needs all its input)."""
     reports: list[StageReport] = []
     bucket_parts, n_buckets = plan_buckets(out, wf)
-    _prune(out, BUCKET_STAGE, {p.key for p in bucket_parts})
+    runner.prune(out, BUCKET_STAGE, [p.key for p in bucket_parts])
     reports.append(runner.run_stage(BUCKET_STAGE, bucket_parts, process_bucket, out, wf, client))
     if reports[-1].failed:
         return _merge(reports, n_buckets)
     reduce_parts = plan_reduce(out, wf, bucket_parts, n_buckets)
-    _prune(out, REDUCE_STAGE, {p.key for p in reduce_parts})
+    runner.prune(out, REDUCE_STAGE, [p.key for p in reduce_parts])
     reports.append(runner.run_stage(REDUCE_STAGE, reduce_parts, process_reduce, out, wf, client))
     if reports[-1].failed:
         return _merge(reports, n_buckets)
     parts = plan_parts(out, wf, reduce_parts)
-    _prune(out, NAME, {p.key for p in parts})
+    runner.prune(out, NAME, [p.key for p in parts])
     reports.append(runner.run_stage(NAME, parts, process, out, wf, client))
     return _merge(reports, n_buckets)

@@ -25,7 +25,8 @@ Resume: a done shard is skipped. `run(..., retry_failed=True)` refetches, in don
 the samples that failed for a transient reason (timeouts, connection errors, truncated bodies,
 5xx, 429), and rewrites the shard with the new successes merged in; nothing else is downloaded
 again. Such a merged shard stays "done" for later plain runs (its stats record the input
-fingerprint it came from).
+fingerprint it came from). With `runner.force` (`--force`) every shard is downloaded again from
+scratch, `retry_failed` or not.
 """
 from __future__ import annotations
 
@@ -49,44 +50,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import fsio, runner
+from .. import fsio, runner, shards
 from ..images import ImageResult, ImageSpec, process_image
 from ..net.fetch import TRANSIENT_REASONS, FetchResult, Fetcher
 from ..runner import Outcome, Partition, StageReport
-from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS
+from ..schema import CANDIDATE_SCHEMA, IMAGES_SCHEMA
 
 NAME = "download"
-IN_DIR = STAGE_DIRS["dedup"]
-OUT_DIR = STAGE_DIRS[NAME]
 
 SUCCESS, FAILED_TO_DOWNLOAD, FAILED_TO_RESIZE = "success", "failed_to_download", "failed_to_resize"
 STATUS_DICT_MAX = 1000
 """Distinct error messages kept in `status_dict` (img2dataset caps its counter too)."""
-
-IMAGES_SCHEMA = pa.schema(
-    [
-        pa.field("uid", pa.string()),
-        pa.field("url", pa.string()),
-        pa.field("text", pa.string()),
-        pa.field("caption", pa.string()),
-        pa.field("page_url", pa.string()),
-        pa.field("language", pa.string()),
-        pa.field("language_score", pa.float32()),
-        pa.field("subset", pa.string()),
-        pa.field("license", pa.string()),
-        pa.field("key", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("error_message", pa.string()),
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("original_width", pa.int32()),
-        pa.field("original_height", pa.int32()),
-        pa.field("sha256", pa.string()),
-        pa.field("reason", pa.string()),
-    ]
-)
-"""images/{subset}/NNNNN.parquet: the input columns, `caption` (= text, img2dataset's name),
-img2dataset's result columns, and our drop `reason`."""
 
 _TAR_USER = "bigdata"  # webdataset's TarWriter defaults, so our tars look like img2dataset's
 
@@ -153,8 +127,7 @@ def key_digits(n_rows: int) -> int:
 
 
 def shard_paths(subset: str, shard: int) -> dict[str, str]:
-    base = f"{OUT_DIR}/{subset}/{shard:05d}"
-    return {"tar": f"{base}.tar", "parquet": f"{base}.parquet", "stats": f"{base}_stats.json"}
+    return shards.image_shard(subset, shards.shard_name(shard))
 
 
 # ---------------------------------------------------------------- one sample
@@ -335,27 +308,32 @@ def _read_json_or_none(path: str) -> dict | None:
         return None
 
 
+def _done_manifest(out: str, key: str, base: str, stats_path: str) -> dict | None:
+    """The manifest of a shard done from this input and settings (`base`): downloaded with that
+    fingerprint, or a `--retry-failed` merge of such a download (its stats say which)."""
+    m = runner.done_manifest(out, NAME, key, base)
+    if m is None:
+        stats = _read_json_or_none(stats_path) or {}
+        if stats.get("input_fingerprint") == base and stats.get("fingerprint"):
+            m = runner.done_manifest(out, NAME, key, stats["fingerprint"])
+    return m
+
+
 def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
-    """One partition per `unique/{subset}/part-NNNNN.parquet`."""
-    cfg = wf.download
-    settings = output_settings(cfg)
+    """One partition per `unique/{subset}/part-NNNNN.parquet`. With `retry_failed`, a done shard
+    with transient failures gets a new fingerprint and is merged; not under `runner.force`,
+    which redoes every shard from scratch."""
+    settings = output_settings(wf.download)
+    retry_failed = retry_failed and not wf.runner.force
     parts = []
-    for path in fsio.glob(fsio.join(out, IN_DIR, "*", "part-*.parquet")):
-        subset = path.rstrip("/").rsplit("/", 2)[-2]
-        name = path.rsplit("/", 1)[-1]
-        shard = int(name[len("part-") : -len(".parquet")])
+    for subset, shard, path in shards.unique_parts(out):
         key = f"{subset}-{shard:05d}"
-        base = runner.fingerprint(f"{subset}/{name}", fsio.fingerprint_of(path), settings)
-        fp, retry = base, False
-        manifest = runner.read_manifest(out, NAME, key)
-        if manifest and manifest.get("status") == "done":
-            stats = None
-            if manifest.get("fingerprint") != base or retry_failed:
-                stats = _read_json_or_none(fsio.join(out, shard_paths(subset, shard)["stats"]))
-            if manifest.get("fingerprint") != base and stats and stats.get("input_fingerprint") == base and stats.get("fingerprint") == manifest.get("fingerprint"):
-                fp = manifest["fingerprint"]  # a --retry-failed merge of this same input: still done
-            if retry_failed and fp == manifest.get("fingerprint") and stats and stats.get("transient_failures", 0) > 0:
-                fp, retry = runner.fingerprint(base, "retry", manifest.get("finished")), True
+        base = runner.fingerprint(f"{subset}/{path.rsplit('/', 1)[-1]}", fsio.fingerprint_of(path), settings)
+        stats_path = fsio.join(out, shard_paths(subset, shard)["stats"])
+        done = _done_manifest(out, key, base, stats_path)
+        fp, retry = (done["fingerprint"] if done else base), False
+        if retry_failed and done is not None and (_read_json_or_none(stats_path) or {}).get("transient_failures", 0) > 0:
+            fp, retry = runner.fingerprint(base, "retry", done.get("finished")), True
         parts.append(
             Partition(
                 key=key,
@@ -430,7 +408,7 @@ def _retry_shard(part: Partition, out: str, wf, paths: dict[str, str]) -> Outcom
     return _finish(part, out, paths, list(by_key.values()), part.param("subset"), start, int(previous.get("retried", 0)) + 1)
 
 
-def run(out: str, wf, client, retry_failed: bool = False, force: bool = False) -> StageReport:
+def run(out: str, wf, client, retry_failed: bool = False) -> StageReport:
     """Download every unique part; with `retry_failed`, refetch only transient failures of
     done shards (and run the shards not done yet as usual)."""
-    return runner.run_stage(NAME, plan(out, wf, retry_failed=retry_failed and not force), process, out, wf, client, force=force)
+    return runner.run_stage(NAME, plan(out, wf, retry_failed=retry_failed), process, out, wf, client)

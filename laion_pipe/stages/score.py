@@ -6,9 +6,10 @@ status, error_message`. Only numbers are written here: thresholds are `select`'s
 part of this stage's fingerprint, so changing one never reruns the models.
 
 Why it is built the way it is:
-- EN shards use `models.clip_en`, MULTI and NOLANG `models.clip_multi` (LAION-5B's split). Models
-  are loaded once per worker process and cached by configuration and device: loading a CLIP takes
-  longer than scoring a shard on a GPU.
+- EN shards use `models.clip_en`, MULTI and NOLANG `models.clip_multi` (LAION-5B's split). The
+  models are assembled and cached once per worker process by `models/scorer.py`; on which
+  workers the tasks run (a `GPU` resource) is `cluster.model_task_resources`'s policy. This
+  module plans, reads, batches and writes.
 - The model is the expensive part, so it must never wait for JPEG decoding: a reader thread
   streams the tar into a pool of decode threads (PIL and torch release the GIL while decoding,
   resizing and normalising), a collator thread stacks the results into batches (pinned on CUDA)
@@ -25,7 +26,6 @@ from __future__ import annotations
 import io
 import os
 import queue
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,204 +39,22 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from .. import fsio, runner
+from .. import fsio, runner, shards
+from ..cluster import model_task_resources
+from ..models.scorer import ScoreModels, load_models, model_identity  # noqa: F401 - ScoreModels: what load_models returns
 from ..runner import Outcome, Partition, StageReport
-from ..schema import STAGE_DIRS, SUBSETS
+from ..schema import IMAGE_EXTS, SCORE_COLUMNS, SCORE_SCHEMA, STATUS_ERROR, STATUS_OK, SUBSETS
 
 NAME = "score"
 VERSION = 1  # bump when the meaning of an output column changes: every shard is then redone
-
-IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
-STATUS_OK, STATUS_ERROR = "ok", "score_error"
-
-SCORE_SCHEMA = pa.schema(
-    [
-        pa.field("key", pa.string()),
-        pa.field("uid", pa.string()),
-        pa.field("similarity", pa.float32()),
-        pa.field("punsafe", pa.float32()),
-        pa.field("pwatermark", pa.float32()),
-        pa.field("aesthetic", pa.float32()),
-        pa.field("status", pa.string()),
-        pa.field("error_message", pa.string()),
-    ]
-)
-"""scores/{subset}/NNNNN.parquet. Scores are NaN where status is score_error or a head is not configured."""
-
-SCORE_COLUMNS: tuple[str, ...] = ("similarity", "punsafe", "pwatermark", "aesthetic")
-
-
-# --- devices, models ------------------------------------------------------------------------------
-
-
-def clip_config_for(wf: Any, subset: str):
-    """LAION-5B's split: the English CLIP for EN, the multilingual one for MULTI and NOLANG."""
-    return wf.models.clip_en if subset == "en" else wf.models.clip_multi
-
-
-def _head_configs(wf: Any) -> dict[str, Any]:
-    """The configured heads; one left out (None) gives NaN in its column."""
-    return {name: getattr(wf.models, name, None) for name in ("nsfw", "watermark", "aesthetic")}
-
-
-def _dump(cfg: Any) -> Any:
-    return None if cfg is None else cfg.model_dump(mode="json")
-
-
-def _weights_identity(obj: Any) -> list[str]:
-    """Fingerprints of local weight files a config names, so replacing a file in place reruns."""
-    found: list[str] = []
-    if isinstance(obj, dict):
-        for v in obj.values():
-            found += _weights_identity(v)
-    elif isinstance(obj, str) and os.path.isfile(obj):
-        found.append(f"{obj}={fsio.fingerprint_of(obj)}")
-    return found
-
-
-def model_identity(wf: Any, subset: str) -> dict:
-    """Everything about the models that changes a score of `subset` (the fingerprint input).
-    Device, precision and batch size are left out: they change scores by rounding at most."""
-    ident = {"clip": _dump(clip_config_for(wf, subset)), **{k: _dump(v) for k, v in _head_configs(wf).items()}}
-    ident["files"] = _weights_identity(ident)
-    return ident
-
-
-@dataclass
-class ScoreModels:
-    """The models one subset is scored with, on one device.
-
-    `clips[0]` is the similarity CLIP; the NSFW and aesthetic heads read the image embedding of
-    the CLIP their own config names (LAION-5B: ViT-L/14 for both, ViT-B/32 for similarity), which
-    is `clips[nsfw_clip]` / `clips[aesthetic_clip]`: a CLIP named twice is run once per image."""
-
-    clips: list[Any]
-    nsfw: Any | None = None
-    nsfw_clip: int = 0
-    aesthetic: Any | None = None
-    aesthetic_clip: int = 0
-    watermark: Any | None = None
-    device: str = "cpu"
-
-    def preprocessors(self) -> list[Callable[[Image.Image], torch.Tensor]]:
-        """What a decode thread applies to each image: one tensor per CLIP, then the watermark's."""
-        pre = [c.preprocess for c in self.clips]
-        if self.watermark is not None:
-            pre.append(self.watermark.preprocess)
-        return pre
-
-    def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """A stacked batch onto the model's device (pinned by the collator on CUDA, so the copy
-        is asynchronous)."""
-        if self.device.startswith("cuda"):
-            return x.to(self.device, non_blocking=True)
-        return x
-
-    def encode_texts(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        return self.clips[0].encode_texts(texts, batch_size=batch_size)
-
-    def score_images(self, stacked: list[torch.Tensor], text_emb: torch.Tensor) -> dict[str, Any]:
-        """One batch (one stacked tensor per preprocessor): image embeddings, their cosine with
-        their captions' embeddings, the heads."""
-        n = len(stacked[0])
-        with torch.no_grad():
-            embs = [clip.encode_images(self.to_device(stacked[i])) for i, clip in enumerate(self.clips)]
-            out: dict[str, Any] = {
-                "embedding": embs[0],
-                "similarity": np.asarray(self.clips[0].similarity(embs[0], text_emb), dtype=np.float32),
-                "punsafe": _head(self.nsfw, embs[self.nsfw_clip], n),
-                "aesthetic": _head(self.aesthetic, embs[self.aesthetic_clip], n),
-                "pwatermark": np.full(n, np.nan, np.float32),
-            }
-            if self.watermark is not None:
-                wm = self.to_device(stacked[len(self.clips)])
-                out["pwatermark"] = np.asarray(_cpu(self.watermark.score(wm)), dtype=np.float32).reshape(n)
-        return out
-
-
-def _cpu(x: Any) -> Any:
-    return x.float().cpu().numpy() if isinstance(x, torch.Tensor) else x
-
-
-def _head(head: Any | None, emb: torch.Tensor, n: int) -> np.ndarray:
-    if head is None:
-        return np.full(n, np.nan, np.float32)
-    return np.asarray(_cpu(head.score(emb)), dtype=np.float32).reshape(n)
-
-
-_MODELS: dict[str, ScoreModels] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def load_models(wf: Any, subset: str, device: str | None = None) -> ScoreModels:
-    """The models for `subset`, loaded once per worker process per (configuration, device):
-    loading a CLIP takes longer than scoring a shard on a GPU."""
-    from ..models.aesthetic import load_aesthetic
-    from ..models.clip import cached_clip
-    from ..models.devices import resolve_device
-    from ..models.nsfw import load_nsfw
-    from ..models.watermark import load_watermark
-
-    device = resolve_device(device or wf.score.device)
-    precision = None if wf.score.precision == "auto" else wf.score.precision
-    heads = _head_configs(wf)
-    cache_key = runner.fingerprint(_dump(clip_config_for(wf, subset)), {k: _dump(v) for k, v in heads.items()}, device, precision)
-    with _MODELS_LOCK:  # two tasks on one worker must not load the same models twice
-        if cache_key in _MODELS:
-            return _MODELS[cache_key]
-        clip_cfgs = [clip_config_for(wf, subset)]
-
-        def clip_index(cfg: Any) -> int:
-            for i, c in enumerate(clip_cfgs):
-                if _dump(c) == _dump(cfg):
-                    return i
-            clip_cfgs.append(cfg)
-            return len(clip_cfgs) - 1
-
-        m = ScoreModels(clips=[], device=device)
-        if heads["nsfw"] is not None:
-            m.nsfw_clip = clip_index(heads["nsfw"].clip)
-        if heads["aesthetic"] is not None:
-            m.aesthetic_clip = clip_index(heads["aesthetic"].clip)
-        m.clips = [cached_clip(c, device, precision) for c in clip_cfgs]
-        if heads["nsfw"] is not None:
-            m.nsfw = load_nsfw(heads["nsfw"], m.clips[m.nsfw_clip])
-        if heads["aesthetic"] is not None:
-            m.aesthetic = load_aesthetic(heads["aesthetic"], m.clips[m.aesthetic_clip])
-        if heads["watermark"] is not None:
-            m.watermark = load_watermark(heads["watermark"], device)
-        _MODELS[cache_key] = m
-        return m
 
 
 # --- plan / run -----------------------------------------------------------------------------------
 
 
 def resources(wf: Any) -> dict[str, float] | None:
-    """Dask resources each score task asks for: {"GPU": 1} when `score.request_gpu` says so, or
-    by default when the cluster section declares GPUs on its workers."""
-    want = wf.score.request_gpu
-    if want is None:
-        c = wf.cluster
-        declared = {
-            "local": c.gpus_per_worker,
-            "slurm": c.jobqueue.gpus_per_job,
-            "pbs": c.jobqueue.gpus_per_job,
-            "kubernetes": c.kubernetes.gpus_per_worker,
-        }.get(c.kind, 0)
-        want = declared > 0
-    return {"GPU": 1} if want else None
-
-
-def shard_paths(out: str, subset: str, shard: str) -> dict[str, str]:
-    root = STAGE_DIRS["score"]
-    emb = f"{root}/{subset}/embeddings"
-    return {
-        "scores": f"{root}/{subset}/{shard}.parquet",
-        "img_emb": f"{emb}/img_emb/img_emb_{shard}.npy",
-        "text_emb": f"{emb}/text_emb/text_emb_{shard}.npy",
-        "metadata": f"{emb}/metadata/metadata_{shard}.parquet",
-    }
+    """Dask resources each score task asks for (see `cluster.model_task_resources`)."""
+    return model_task_resources(wf.cluster, wf.score.request_gpu)
 
 
 def plan(out: str, wf: Any) -> list[Partition]:
@@ -244,18 +62,17 @@ def plan(out: str, wf: Any) -> list[Partition]:
     parts = []
     for subset in SUBSETS:
         ident = model_identity(wf, subset)
-        for tar in fsio.glob(fsio.join(out, STAGE_DIRS["download"], subset, "*.tar")):
-            shard = tar.rpartition("/")[2][: -len(".tar")]
-            meta = tar[: -len(".tar")] + ".parquet"
-            inputs = (tar, meta)
+        for shard in shards.image_shards(out, subset):
+            paths = shards.image_shard(subset, shard)
+            inputs = (fsio.join(out, paths["tar"]), fsio.join(out, paths["parquet"]))
             ids = [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in inputs]
             fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings)
             parts.append(Partition(key=f"{subset}-{shard}", inputs=inputs, fingerprint=fp, params=(("subset", subset), ("shard", shard))))
     return parts
 
 
-def run(out: str, wf: Any, client: Any, force: bool = False) -> StageReport:
-    return runner.run_stage(NAME, plan(out, wf), process, out, wf, client, resources=resources(wf), force=force)
+def run(out: str, wf: Any, client: Any) -> StageReport:
+    return runner.run_stage(NAME, plan(out, wf), process, out, wf, client, resources=resources(wf))
 
 
 # --- one shard ------------------------------------------------------------------------------------
@@ -265,54 +82,6 @@ def _decode(data: bytes, preprocessors: list[Callable[[Image.Image], torch.Tenso
     with Image.open(io.BytesIO(data)) as im:
         rgb = im.convert("RGB")  # forces the full decode: a truncated file fails here
     return tuple(p(rgb) for p in preprocessors)
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """webdataset's rule: the key is the name up to the first dot of its last path part."""
-    head, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return (f"{head}/{stem}" if head else stem), ext
-
-
-def iter_tar_samples(tar_path: str) -> Iterator[dict]:
-    """Samples of an img2dataset tar (dicts of extension -> bytes, plus `__key__`), in key order.
-
-    Downloads finish, and so are written to the tar, in network order. Reading the tar's index
-    (headers only) and then the members in key order makes every later result independent of
-    it: batches hold the same images whatever order the tar has, so scores are the same to the
-    last bit on a rerun or after a lost worker. Only one sample is in memory at a time. A
-    truncated or corrupt tar yields every complete sample, then raises."""
-    fs, p = fsio.fs_and_path(tar_path)
-    with fs.open(p, "rb") as f:
-        size = f.seek(0, 2)
-        f.seek(0)
-        samples: list[tuple[str, list[tarfile.TarInfo]]] = []
-        current: dict[str, list] = {}
-        problem: Exception | None = None
-        try:
-            with tarfile.open(fileobj=f, mode="r:") as tf:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    key, ext = _split_name(m.name)
-                    if m.offset_data + m.size > size:
-                        problem = tarfile.ReadError(f"{m.name}: member cut off at byte {size}")
-                        break
-                    group = current.get(key)
-                    if group is None or ext in {_split_name(x.name)[1] for x in group}:
-                        group = current[key] = []  # a new sample (a repeated key stays a second sample)
-                        samples.append((key, group))
-                    group.append(m)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            problem = e
-        for key, members in sorted(samples, key=lambda kv: kv[0]):
-            sample: dict = {"__key__": key, "__url__": tar_path}
-            for m in members:
-                f.seek(m.offset_data)
-                sample[_split_name(m.name)[1]] = f.read(m.size)
-            yield sample
-        if problem is not None:
-            raise problem
 
 
 _END = object()
@@ -387,17 +156,17 @@ class _BatchPrefetcher:
         seen: set[str] = set()
         offset = 0
         try:
-            for offset, sample in enumerate(iter_tar_samples(self.tar_path)):
+            for offset, sample in enumerate(shards.iter_tar_samples(self.tar_path)):
                 key = sample["__key__"]
-                data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+                image = shards.image_member(sample)
                 if key not in self.wanted:
                     item: Any = _Problem("unexpected_member", key, "not a downloaded row of the shard's parquet", offset)
                 elif key in seen:
                     item = _Problem("duplicate_key", key, "second sample with this key", offset)
-                elif data is None:
+                elif image is None:
                     item = _Problem("decode_error", key, f"no image member ({', '.join(IMAGE_EXTS)})", offset)
                 else:
-                    item = (key, offset, self.pool.submit(_decode, data, self.pre))
+                    item = (key, offset, self.pool.submit(_decode, image[1], self.pre))
                 seen.add(key)
                 if not self._put(self.items, item):
                     return
@@ -464,7 +233,7 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     subset, shard = part.param("subset"), part.param("shard")
     tar_path, meta_path = part.inputs
     outcome = Outcome(max_errors=wf.runner.max_errors_kept)
-    paths = shard_paths(out, subset, shard)
+    paths = shards.score_shard(subset, shard)
 
     rows = _read_downloaded(meta_path)
     keys: list[str] = rows["key"].to_pylist()

@@ -22,7 +22,6 @@ recipe also gets `dataset/{name}/_recipe.json` (its bounds and totals).
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,11 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from .. import fsio, runner
+from .. import fsio, runner, shards
 from ..recipes import KEEP, Recipe, count_reasons, resolve_recipes, score_columns
 from ..runner import Outcome, Partition, StageReport
-from ..schema import DATASET_SCHEMA, STAGE_DIRS, STATE_DIR, SUBSETS
-from .score import IMAGE_EXTS, STATUS_OK, iter_tar_samples
+from ..schema import DATASET_SCHEMA, STATUS_OK, SUBSETS
 
 NAME = "select"
 VERSION = 1
@@ -73,15 +71,15 @@ class InputShard:
         return [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in (self.scores, self.meta, self.tar)]
 
 
+def input_shard(out: str, subset: str, shard: str) -> InputShard:
+    images = shards.image_shard(subset, shard)
+    scores = shards.score_shard(subset, shard)["scores"]
+    return InputShard(subset, shard, fsio.join(out, scores), fsio.join(out, images["parquet"]), fsio.join(out, images["tar"]))
+
+
 def input_shards(out: str, subsets: tuple[str, ...] = SUBSETS) -> list[InputShard]:
     """Scored shards, in subset then shard order (the order kept pairs are written in)."""
-    found = []
-    for subset in subsets:
-        for scores in fsio.glob(fsio.join(out, STAGE_DIRS["score"], subset, "*.parquet")):
-            shard = scores.rpartition("/")[2][: -len(".parquet")]
-            img = fsio.join(out, STAGE_DIRS["download"], subset, shard)
-            found.append(InputShard(subset, shard, scores, img + ".parquet", img + ".tar"))
-    return found
+    return [input_shard(out, subset, shard) for subset in subsets for shard in shards.score_shards(out, subset)]
 
 
 def _read(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -120,18 +118,13 @@ def _digits(samples_per_shard: int) -> int:
     return max(4, len(str(samples_per_shard - 1)))
 
 
-def output_paths(recipe: str, index: int) -> dict[str, str]:
-    base = f"{STAGE_DIRS['select']}/{recipe}/{index:05d}"
-    return {"tar": base + ".tar", "parquet": base + ".parquet"}
-
-
-def plan_recipe(recipe: Recipe, shards: list[InputShard], kept: dict[str, int], samples_per_shard: int) -> list[Partition]:
+def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], samples_per_shard: int) -> list[Partition]:
     """Cut the recipe's kept pairs (input order) into output shards of `samples_per_shard`.
 
     Each output partition lists its slices (input shard, first, last kept index) and the input
     shards whose drop counts it reports (each input shard exactly once: the partition holding its
     first kept pair, or the one the next kept pair goes to, or the last)."""
-    mine = [s for s in shards if s.subset in recipe.subsets]
+    mine = [s for s in inputs if s.subset in recipe.subsets]
     total = sum(kept[s.name] for s in mine)
     n_parts = max(1, math.ceil(total / samples_per_shard))
     slices: list[list[tuple[str, int, int]]] = [[] for _ in range(n_parts)]
@@ -170,49 +163,38 @@ def plan(out: str, wf: Any, client: Any = None) -> list[Partition]:
     """All output partitions of all recipes. With a Dask client the per-shard counting runs on
     the cluster; without one (e.g. `status`) it runs here."""
     recipes = resolve_recipes(wf.select)
-    shards = input_shards(out)
-    if client is not None and shards:
-        futures = client.map(count_kept, [recipes] * len(shards), shards, pure=False)
+    found = input_shards(out)
+    if client is not None and found:
+        futures = client.map(count_kept, [recipes] * len(found), found, pure=False)
         counts = client.gather(futures)
     else:
-        counts = [count_kept(recipes, s) for s in shards]
+        counts = [count_kept(recipes, s) for s in found]
     parts = []
     for r in recipes:
-        kept = {s.name: c.get(r.name, 0) for s, c in zip(shards, counts)}
-        parts += plan_recipe(r, shards, kept, wf.select.samples_per_shard)
+        kept = {s.name: c.get(r.name, 0) for s, c in zip(found, counts)}
+        parts += plan_recipe(r, found, kept, wf.select.samples_per_shard)
     return parts
 
 
 def _remove_stale(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
     """Output shards and manifests of a recipe beyond its new shard count (a raised threshold
-    keeps fewer pairs) would otherwise stay next to the new ones and be read as part of it."""
-    keep = {p.key for p in parts}
+    keeps fewer pairs) would otherwise stay next to the new ones and be read as part of it.
+    Recipes no longer in the workflow are left alone."""
+    names = {r.name for r in recipes}
+    runner.prune(out, NAME, {p.key for p in parts}, within=lambda key: key.rpartition("-")[0] in names)
     for r in recipes:
-        pat = re.compile(rf"^{re.escape(r.name)}-(\d{{5}})\.json$")
-        for path in fsio.glob(fsio.join(out, STATE_DIR, NAME, f"{r.name}-*.json")):
-            m = pat.match(path.rpartition("/")[2])
-            if m and f"{r.name}-{m.group(1)}" not in keep:
-                for rel in output_paths(r.name, int(m.group(1))).values():
-                    if fsio.exists(fsio.join(out, rel)):
-                        _rm(fsio.join(out, rel))
-                _rm(path)
         n = sum(1 for p in parts if p.param("recipe") == r.name)
-        for path in fsio.glob(fsio.join(out, STAGE_DIRS["select"], r.name, "[0-9]*.*")):
-            m = re.match(r"^(\d{5})\.(tar|parquet)$", path.rpartition("/")[2])
-            if m and int(m.group(1)) >= n:
-                _rm(path)
+        for index, path in shards.dataset_files(out, r.name):
+            if index >= n:  # a file whose manifest is gone (e.g. a run killed mid-prune)
+                fs, p = fsio.fs_and_path(path)
+                fs.rm(p)
 
 
-def _rm(path: str) -> None:
-    fs, p = fsio.fs_and_path(path)
-    fs.rm(p)
-
-
-def run(out: str, wf: Any, client: Any, force: bool = False) -> StageReport:
+def run(out: str, wf: Any, client: Any) -> StageReport:
     recipes = resolve_recipes(wf.select)
     parts = plan(out, wf, client)
     _remove_stale(out, recipes, parts)
-    report = runner.run_stage(NAME, parts, process, out, wf, client, force=force)
+    report = runner.run_stage(NAME, parts, process, out, wf, client)
     _write_recipe_summaries(out, recipes, parts)
     return report
 
@@ -220,17 +202,17 @@ def run(out: str, wf: Any, client: Any, force: bool = False) -> StageReport:
 def _write_recipe_summaries(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
     for r in recipes:
         totals: Counter = Counter()
-        shards = 0
+        n_shards = 0
         for p in parts:
             if p.param("recipe") != r.name:
                 continue
-            m = runner.read_manifest(out, NAME, p.key) or {}
-            if m.get("status") == "done":
+            m = runner.done_manifest(out, NAME, p.key, p.fingerprint)
+            if m is not None:
                 totals.update(m.get("counts", {}))
-                shards += bool(p.param("slices"))
+                n_shards += bool(p.param("slices"))
         fsio.write_json_atomic(
-            fsio.join(out, STAGE_DIRS["select"], r.name, "_recipe.json"),
-            {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": shards, "counts": dict(totals)},
+            fsio.join(out, shards.dataset_dir(r.name), "_recipe.json"),
+            {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": n_shards, "counts": dict(totals)},
         )
 
 
@@ -239,8 +221,7 @@ def _write_recipe_summaries(out: str, recipes: list[Recipe], parts: list[Partiti
 
 def _parse_shard(name: str, out: str) -> InputShard:
     subset, shard = name.split("/")
-    img = fsio.join(out, STAGE_DIRS["download"], subset, shard)
-    return InputShard(subset, shard, fsio.join(out, STAGE_DIRS["score"], subset, shard + ".parquet"), img + ".parquet", img + ".tar")
+    return input_shard(out, subset, shard)
 
 
 def _wanted_rows(table: pa.Table, codes: np.ndarray, start: int, stop: int) -> pa.Table:
@@ -251,13 +232,13 @@ def _wanted_rows(table: pa.Table, codes: np.ndarray, start: int, stop: int) -> p
 def _images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, image bytes) for the wanted keys, in tar order; the tar is streamed."""
     left = set(keys)
-    for sample in iter_tar_samples(tar):
+    for sample in shards.iter_tar_samples(tar):
         key = sample["__key__"]
         if key in left:
-            ext = next((e for e in IMAGE_EXTS if e in sample), None)
-            if ext is not None:
+            image = shards.image_member(sample)
+            if image is not None:
                 left.discard(key)
-                yield key, ext, sample[ext]
+                yield key, image[0], image[1]
             if not left:
                 return
 
@@ -313,7 +294,7 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     index: int = part.param("index")
     outcome = Outcome(max_errors=wf.runner.max_errors_kept)
     digits = _digits(wf.select.samples_per_shard)
-    paths = output_paths(recipe.name, index)
+    paths = shards.dataset_shard(recipe.name, index)
 
     needed = {n for n, _, _ in part.param("slices")} | set(part.param("owned"))
     tables: dict[str, tuple[pa.Table, np.ndarray]] = {}
