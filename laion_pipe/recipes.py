@@ -5,7 +5,8 @@ the same scores, so a new recipe or a changed bound costs a pass over parquet fi
 never a model run. Each dropped pair gets exactly one reason, the first bound it fails in
 `CHECK_ORDER` (similarity first, as LAION filtered), so per-reason counts add up to the drops.
 
-The presets are the data of Stable Diffusion v1's checkpoints as its model card describes them.
+The recipes' configuration, the shipped presets included, is `config/presets.py`'s: this module
+evaluates it.
 """
 from __future__ import annotations
 
@@ -15,40 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from .config.select import RecipeConfig, SelectConfig
+from .config.presets import PRESETS, RecipeConfig
+from .config.select import SelectConfig
 from .schema import SUBSETS
 
-PRESETS: dict[str, RecipeConfig] = {
-    "laion2B-en": RecipeConfig(
-        subsets=["en"],
-        description="LAION-5B's English subset: similarity >= select.similarity.en, LAION's 0.28 with CLIP ViT-B/32 "
-        "(Stable Diffusion v1.1, 237k steps at 256x256)",
-    ),
-    "laion-high-resolution": RecipeConfig(
-        subsets=["en", "multi", "nolang"],
-        min_width=1024,
-        min_height=1024,
-        description="LAION-5B pairs with an original size >= 1024x1024 (Stable Diffusion v1.1, 194k steps at 512x512)",
-    ),
-    "laion-improved-aesthetics": RecipeConfig(
-        subsets=["en"],
-        min_width=512,
-        min_height=512,
-        min_aesthetic=5.0,
-        greater_than=["aesthetic"],
-        max_pwatermark=0.5,
-        description="laion2B-en with original size >= 512x512, aesthetic score > 5.0 and pwatermark < 0.5 (Stable Diffusion v1.2)",
-    ),
-    "laion-aesthetics-v2-5plus": RecipeConfig(
-        subsets=["en"],
-        min_aesthetic=5.0,
-        description="laion2B-en with aesthetic score >= 5.0 (LAION-Aesthetics v2 5+: Stable Diffusion v1.3 to v1.5)",
-    ),
-}
-"""Stable Diffusion v1's training subsets. Presets leave `min_similarity` unset: each subset's
-threshold from `select.similarity` applies (LAION's 0.28 / 0.26 by default), since these are all
-subsets of LAION-5B, whose pairs passed it; with another CLIP (the demo's) the configured
-thresholds carry over instead of a number that only means something for ViT-B/32."""
+__all__ = ["CHECK_ORDER", "KEEP", "PRESETS", "Recipe", "count_reasons", "resolve_recipes", "score_columns"]
 
 CHECK_ORDER: tuple[str, ...] = ("low_similarity", "side_too_small", "unsafe", "watermark", "low_aesthetic")
 """Drop reasons in the order bounds are checked; index + 1 is the code `reasons()` returns."""

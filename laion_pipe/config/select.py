@@ -2,40 +2,19 @@
 
 The default recipes are LAION-5B's three language subsets (`dataset/en`, `dataset/multi`,
 `dataset/nolang`), each with its own similarity threshold. Named recipes and the shipped presets
-(`laion_pipe/recipes.py`: the data of Stable Diffusion v1's checkpoints) are each written as their
+(`config/presets.py`: the data of Stable Diffusion v1's checkpoints) are each written as their
 own `dataset/{name}/` folder from the same scores, so adding one never reruns the models."""
 from __future__ import annotations
 
-from typing import Literal
+import re
 
 from pydantic import Field, field_validator, model_validator
 
+from ..schema import SUBSETS
 from .base import Section
+from .presets import PRESETS, RecipeConfig, SubsetName
 
-SubsetName = Literal["en", "multi", "nolang"]
-Bounded = Literal["similarity", "width", "height", "aesthetic"]
-
-
-class RecipeConfig(Section):
-    """One dataset folder: which subsets, and which pairs of them to keep.
-
-    Minimums keep values >= the bound (LAION kept similarity >= 0.28); maximums keep values < the
-    bound (Stable Diffusion's "pwatermark < 0.5"). A missing score (NaN, e.g. a head that is not
-    configured) never passes a bound that asks for it."""
-
-    subsets: list[SubsetName] = Field(["en", "multi", "nolang"], min_length=1, description="language subsets the recipe draws from")
-    min_similarity: float | None = Field(
-        None, description="minimum CLIP similarity; default: each subset's threshold from select.similarity (LAION-5B's own filter)"
-    )
-    min_width: int = Field(0, ge=0, description="minimum original image width in pixels")
-    min_height: int = Field(0, ge=0, description="minimum original image height in pixels")
-    min_aesthetic: float | None = Field(None, description="minimum aesthetic score (None = no bound)")
-    max_pwatermark: float | None = Field(None, ge=0, le=1, description="keep pwatermark < this (None = no bound)")
-    max_punsafe: float | None = Field(None, ge=0, le=1, description="keep punsafe < this (None = no bound)")
-    greater_than: list[Bounded] = Field(
-        [], description="minimums that must be exceeded rather than reached, e.g. [aesthetic] for 'aesthetic > 5.0'"
-    )
-    description: str = Field("", description="what the recipe is, for people reading the workflow and dataset/{name}/_recipe.json")
+__all__ = ["RecipeConfig", "SelectConfig", "SubsetName"]
 
 
 class SelectConfig(Section):
@@ -51,7 +30,7 @@ class SelectConfig(Section):
     presets: list[str] = Field(
         [],
         description="shipped recipes to write too, by name: laion2B-en, laion-high-resolution, "
-        "laion-improved-aesthetics, laion-aesthetics-v2-5plus (see laion_pipe/recipes.py)",
+        "laion-improved-aesthetics, laion-aesthetics-v2-5plus (see laion_pipe/config/presets.py)",
     )
     recipes: dict[str, RecipeConfig] = Field({}, description="named recipes, each written as dataset/{name}/")
     samples_per_shard: int = Field(10_000, ge=1, description="samples per output tar; shards are refilled across input shards")
@@ -59,7 +38,7 @@ class SelectConfig(Section):
     @field_validator("similarity")
     @classmethod
     def _all_subsets(cls, v: dict[str, float]) -> dict[str, float]:
-        missing = {"en", "multi", "nolang"} - set(v)
+        missing = set(SUBSETS) - set(v)
         if missing:
             raise ValueError(f"needs a threshold for every subset, missing {sorted(missing)}")
         return v
@@ -67,8 +46,6 @@ class SelectConfig(Section):
     @field_validator("presets")
     @classmethod
     def _known_presets(cls, v: list[str]) -> list[str]:
-        from ..recipes import PRESETS  # late: recipes.py builds on this module
-
         unknown = [p for p in v if p not in PRESETS]
         if unknown:
             raise ValueError(f"unknown preset(s) {unknown}; known: {sorted(PRESETS)}")
@@ -76,9 +53,7 @@ class SelectConfig(Section):
 
     @model_validator(mode="after")
     def _unique_names(self) -> SelectConfig:
-        import re
-
-        names = (["en", "multi", "nolang"] if self.default_recipes else []) + list(self.presets) + list(self.recipes)
+        names = (list(SUBSETS) if self.default_recipes else []) + list(self.presets) + list(self.recipes)
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"recipe names must be unique (they name dataset folders): {dup}")
