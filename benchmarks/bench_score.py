@@ -200,6 +200,15 @@ def main() -> None:
                 setup = f"CPU seconds (all threads of the process) of {setup}, {torch.get_num_threads()} torch threads"
             record_unit_cost(key, value, unit, measured_source(cmd, setup))
             print(f"recorded {key} = {value:.4g} in laion_pipe/unit_costs.json")
+            if not gpu:  # what stays on the CPUs when the models run on a GPU: shards, decoding, preprocessing, writing
+                feed = max(0.0, min(stage_cpu) - min(model_cpu)) / n * 1000
+                record_unit_cost(
+                    "score.feed_core_seconds_per_thousand_images", feed,
+                    "core-s per 1,000 images of reading, decoding, preprocessing and writing around the models",
+                    measured_source(cmd, f"stage CPU s/image minus model-only CPU s/image ({min(stage_cpu) / n:.3f} - "
+                                          f"{min(model_cpu) / n:.3f}), {setup}; a difference of two measurements, "
+                                          "so noisy on a loaded machine"))
+                print(f"recorded score.feed_core_seconds_per_thousand_images = {feed:.4g} in laion_pipe/unit_costs.json")
         print(f"ratio: {stage_rate / model_rate:.3f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,6 +43,7 @@ K_IMG512 = "download.bytes_per_image_512"
 K_DNS = "download.dns_queries_per_image"
 K_SCORE_CPU = "score.cpu_core_seconds_per_thousand_images"
 K_SCORE_GPU = "score.gpu_images_per_second"
+K_FEED = "score.feed_core_seconds_per_thousand_images"
 K_FINAL = "select.final_fraction_of_unique"
 K_CC2DATASET = "cc2dataset.core_seconds_per_wat"
 K_IMG2DATASET = "img2dataset.core_seconds_per_thousand_images"
@@ -65,6 +66,8 @@ class StageCost:
     core_hours: float
     gpu_hours: float | None  # only where a GPU can do the work (score)
     rate: UnitCost  # the per-unit figure the core-hours come from
+    feed_core_hours: float = 0.0  # with a GPU: the CPU work left around the models (reading, decoding, writing)
+    feed_rate: UnitCost | None = None
 
 
 @dataclass(frozen=True)
@@ -89,8 +92,13 @@ class Estimate:
 
     @property
     def core_hours(self) -> float:
-        """Core-hours of all estimated stages, scoring on GPUs where a GPU figure exists."""
-        return sum(s.core_hours for s in self.stages if s.gpu_hours is None)
+        """Core-hours of all estimated stages with scoring on GPUs (the CPUs still decode for them)."""
+        return sum(s.feed_core_hours if s.gpu_hours is not None else s.core_hours for s in self.stages)
+
+    @property
+    def core_hours_cpu_only(self) -> float:
+        """Core-hours of all estimated stages with scoring on CPUs too."""
+        return sum(s.core_hours for s in self.stages)
 
     def stage(self, name: str) -> StageCost:
         for s in self.stages:
@@ -115,8 +123,11 @@ class Estimate:
             core = sig(s.core_hours) + (" CPU" if s.gpu_hours is not None else "")
             lines.append(f"  {s.stage:<9} {human(s.units) + ' ' + s.unit:>22} {core:>12} {gpu:>10}  "
                          f"{sig(s.rate.value)} {s.rate.unit} ({s.rate.kind})")
+            if s.feed_rate is not None:
+                lines.append(f"  {'':<9} {'on GPUs, CPUs feed them':>22} {sig(s.feed_core_hours):>12} {'':>10}  "
+                             f"{sig(s.feed_rate.value)} core-s per 1,000 images ({s.feed_rate.kind})")
         lines.append(f"  total {sig(self.core_hours)} core-hours with scoring on GPUs"
-                     + (f" ({sig(self.core_hours + self._score_cpu())} with scoring on CPUs)" if self._has_score() else ""))
+                     + (f" ({sig(self.core_hours_cpu_only)} with scoring on CPUs)" if self._has_score() else ""))
         lines.append(f"output: candidates/ {nbytes(self.candidates_bytes)}, images/ {nbytes(self.images_bytes)}, "
                      f"dataset/ {nbytes(self.dataset_bytes)} ({nbytes(self.image_bytes_rate.value)} per image: "
                      f"{self.image_bytes_rate.unit}, {self.image_bytes_rate.kind})")
@@ -130,10 +141,7 @@ class Estimate:
         return "\n".join(lines)
 
     def _has_score(self) -> bool:
-        return any(s.stage == "score" for s in self.stages)
-
-    def _score_cpu(self) -> float:
-        return sum(s.core_hours for s in self.stages if s.gpu_hours is not None)
+        return any(s.gpu_hours is not None for s in self.stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,7 +254,8 @@ def estimate(
 ) -> Estimate:
     """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
     c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
-                                    K_WIRE, K_DNS, K_SCORE_CPU, K_SCORE_GPU, K_FINAL, K_CC2DATASET, K_IMG2DATASET)}
+                                    K_WIRE, K_DNS, K_SCORE_CPU, K_SCORE_GPU, K_FEED, K_FINAL, K_CC2DATASET,
+                                    K_IMG2DATASET)}
     if not 0 < c[K_UNIQUE].value <= 1:
         raise ValueError(f"{K_UNIQUE} must be in (0, 1], got {c[K_UNIQUE].value}")
     w = inputs.wat_equivalents
@@ -266,7 +275,8 @@ def estimate(
                               c[K_DOWNLOAD]))
     if "score" in stages:
         rows.append(StageCost("score", downloaded, "images", downloaded / 1e3 * c[K_SCORE_CPU].value / HOUR,
-                              downloaded / c[K_SCORE_GPU].value / HOUR, c[K_SCORE_CPU]))
+                              downloaded / c[K_SCORE_GPU].value / HOUR, c[K_SCORE_CPU],
+                              feed_core_hours=downloaded / 1e3 * c[K_FEED].value / HOUR, feed_rate=c[K_FEED]))
     comparisons = []
     if "extract" in stages:
         comparisons.append(("cc2dataset extract", w * c[K_CC2DATASET].value / HOUR, c[K_CC2DATASET]))
@@ -297,7 +307,7 @@ class Cluster:
     """What finishes an estimate's work within `hours` if every stage ran the whole time."""
 
     hours: float
-    cores: dict[str, float]  # per stage, scoring on GPUs
+    cores: dict[str, float]  # per stage, scoring on GPUs ("score feed": the CPUs that decode for them)
     gpus: float
     score_cores_without_gpus: float
     disk_bytes: float  # candidates/ + images/ + dataset/ held at once
@@ -309,8 +319,11 @@ class Cluster:
         days = self.hours / 24
         lines = [f"to finish in {sig(self.hours)} hours ({sig(days)} days), each stage spread over the whole time:"]
         for stage, n in self.cores.items():
-            lines.append(f"  {stage:<9} {sig(n):>10} cores")
-        lines.append(f"  {'score':<9} {sig(self.gpus):>10} GPUs (or {sig(self.score_cores_without_gpus)} cores without GPUs)")
+            if stage != "score feed":
+                lines.append(f"  {stage:<9} {sig(n):>10} cores")
+        if "score feed" in self.cores:
+            lines.append(f"  {'score':<9} {sig(self.gpus):>10} GPUs + {sig(self.cores['score feed'])} cores to feed them "
+                         f"(or {sig(self.score_cores_without_gpus)} cores without GPUs)")
         lines.append(f"  disk      {nbytes(self.disk_bytes):>10} (candidates/ + images/ + dataset/)")
         lines.append(f"  network   {sig(self.network_bits_per_second / 1e9):>10} Gbit/s in, sustained")
         lines.append(f"  DNS       {human(self.dns_queries_per_second):>10} lookups/s (upper bound)")
@@ -324,6 +337,8 @@ def cluster_for(est: Estimate, hours: float) -> Cluster:
     secs = hours * HOUR
     cores = {s.stage: s.core_hours / hours for s in est.stages if s.gpu_hours is None}
     score = [s for s in est.stages if s.gpu_hours is not None]
+    if score:
+        cores["score feed"] = sum(s.feed_core_hours for s in score) / hours
     return Cluster(
         hours=hours,
         cores=cores,

@@ -43,6 +43,7 @@ FIGURES = {
     "download.dns_queries_per_image": 1.0,
     "score.cpu_core_seconds_per_thousand_images": 1_500,
     "score.gpu_images_per_second": 2,
+    "score.feed_core_seconds_per_thousand_images": 150,
     "select.final_fraction_of_unique": 0.1,
     "cc2dataset.core_seconds_per_wat": 50,
     "img2dataset.core_seconds_per_thousand_images": 12,
@@ -80,7 +81,9 @@ def test_three_local_wat_files_by_hand(three_wats: Path) -> None:
     assert est.stage("download").core_hours == pytest.approx(36 / 3600)
     assert est.stage("score").core_hours == pytest.approx(1.0)
     assert est.stage("score").gpu_hours == pytest.approx(1_200 / 3600)  # 2,400 images at 2/s
-    assert est.core_hours == pytest.approx((108 + 3.6 + 36) / 3600)  # scoring on GPUs
+    assert est.stage("score").feed_core_hours == pytest.approx(360 / 3600)  # 2.4 k x 150 s decoding for the GPU
+    assert est.core_hours == pytest.approx((108 + 3.6 + 36 + 360) / 3600)  # scoring on GPUs
+    assert est.core_hours_cpu_only == pytest.approx((108 + 3.6 + 36 + 3_600) / 3600)
     # bytes: candidates 3 x 1 MB; images 2,400 x 1 kB (256 px); dataset 300 x 1 kB; fetched 2,400 x 10 kB
     assert est.candidates_bytes == pytest.approx(3_000_000)
     assert est.images_bytes == pytest.approx(2_400_000)
@@ -97,6 +100,7 @@ def test_one_week_cluster_by_hand() -> None:
     c = cluster_for(est, hours=0.01)  # 36 seconds
     assert c.cores["extract"] == pytest.approx(108 / 36)
     assert c.cores["download"] == pytest.approx(36 / 36)
+    assert c.cores["score feed"] == pytest.approx(360 / 36)
     assert c.gpus == pytest.approx(1_200 / 36)
     assert c.score_cores_without_gpus == pytest.approx(3_600 / 36)
     assert c.disk_bytes == pytest.approx(3_000_000 + 2_400_000 + 300_000)
@@ -258,7 +262,7 @@ def test_estimate_module_as_a_user_runs_it(tmp_path: Path) -> None:
     assert "6.00k candidates -> 3.00k unique -> 2.40k images downloaded -> 300 in dataset/" in r.stdout
     # one hour: extract 108 core-s / 3,600 s; scoring 1,200 GPU-s / 3,600 s
     assert "extract       0.0300 cores" in r.stdout
-    assert "score          0.333 GPUs (or 1.00 cores without GPUs)" in r.stdout
+    assert "score          0.333 GPUs + 0.100 cores to feed them (or 1.00 cores without GPUs)" in r.stdout
     pairs = subprocess.run([sys.executable, "-m", "laion_pipe.estimate", "--pairs", "300", "--costs", str(figures)],
                            capture_output=True, text=True, timeout=120)
     assert pairs.returncode == 0, pairs.stderr
