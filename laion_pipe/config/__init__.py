@@ -21,6 +21,7 @@ from .runner import RunnerConfig
 from .score import ScoreConfig
 from .select import SelectConfig
 from .stats import StatsConfig
+from .train import TrainConfig
 
 __all__ = ["ConfigError", "Workflow", "load_workflow", "apply_overrides", "workflow_from_dict"]
 
@@ -42,6 +43,7 @@ class Workflow(Section):
     score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()
     stats: StatsConfig = StatsConfig()
+    train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
 
