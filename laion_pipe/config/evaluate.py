@@ -8,10 +8,13 @@ Everything that changes an image or a metric is here, so a saved workflow reprod
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from .base import Section
 from .models import ClipModelConfig
+from .train import SAMPLERS
 
 
 class EvaluateConfig(Section):
@@ -39,10 +42,8 @@ class EvaluateConfig(Section):
         "give the same images (on CPU bit for bit)",
     )
     guidance_scale: float = Field(5.0, ge=0.0, description="classifier-free guidance scale (1 = no guidance)")
-    sampler: str = Field(
-        "ddim",
-        description="diffusers noise scheduler used for sampling: ddim, dpmsolver++, euler, ddpm, ... "
-        "(the names laion_pipe.train.sampling knows)",
+    sampler: Literal[SAMPLERS] = Field(  # type: ignore[valid-type]
+        "ddim", description="the diffusers noise scheduler that samples: " + ", ".join(SAMPLERS)
     )
     steps: int = Field(25, ge=1, le=1000, description="denoising steps per image")
     batch_size: int = Field(32, ge=1, description="images generated (and CLIP-encoded) per forward pass")
