@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .config.dedup import DedupConfig
 from .costs import UnitCost, get, load_unit_costs
 from .crawl.paths import crawl_files, is_crawl_id
 
@@ -87,6 +88,7 @@ class Estimate:
     image_bytes_rate: UnitCost  # bytes per stored image used for images/ and dataset/
     wire_bytes: float  # fetched from the web
     dns_queries: float  # upper bound
+    dedup_bucket_files: float  # files dedup's bucketing phase writes (and its reduce phase reads)
     comparisons: tuple[tuple[str, float, UnitCost], ...]  # (what, core-hours, figure)
     used: tuple[UnitCost, ...] = field(default=())  # every figure the numbers depend on
 
@@ -124,7 +126,7 @@ class Estimate:
             lines.append(f"  {s.stage:<9} {human(s.units) + ' ' + s.unit:>22} {core:>12} {gpu:>10}  "
                          f"{sig(s.rate.value)} {s.rate.unit} ({s.rate.kind})")
             if s.feed_rate is not None:
-                lines.append(f"  {'':<9} {'on GPUs, CPUs feed them':>22} {sig(s.feed_core_hours):>12} {'':>10}  "
+                lines.append(f"  {'':<9} {'CPUs feeding GPUs':>22} {sig(s.feed_core_hours):>12} {'':>10}  "
                              f"{sig(s.feed_rate.value)} core-s per 1,000 images ({s.feed_rate.kind})")
         lines.append(f"  total {sig(self.core_hours)} core-hours with scoring on GPUs"
                      + (f" ({sig(self.core_hours_cpu_only)} with scoring on CPUs)" if self._has_score() else ""))
@@ -132,6 +134,8 @@ class Estimate:
                      f"dataset/ {nbytes(self.dataset_bytes)} ({nbytes(self.image_bytes_rate.value)} per image: "
                      f"{self.image_bytes_rate.unit}, {self.image_bytes_rate.kind})")
         lines.append(f"network: {nbytes(self.wire_bytes)} fetched, up to {human(self.dns_queries)} DNS lookups")
+        lines.append(f"dedup shuffle: {nbytes(self.candidates_bytes)} written and read once, in about "
+                     f"{human(self.dedup_bucket_files)} bucket files (dedup.group_target_bytes, bucket_target_bytes, flush_rows)")
         if self.comparisons:
             lines.append("published tools on the same work: " + "; ".join(
                 f"{what} {sig(h)} core-hours ({sig(c.value)} {c.unit}, {c.kind})" for what, h, c in self.comparisons))
@@ -251,6 +255,7 @@ def estimate(
     resize_mode: str = "keep_ratio",
     stages: Sequence[str] = ESTIMATED_STAGES,
     name: str = "this run",
+    dedup: DedupConfig | None = None,
 ) -> Estimate:
     """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
     c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
@@ -297,9 +302,26 @@ def estimate(
         image_bytes_rate=img,
         wire_bytes=downloaded * c[K_WIRE].value,
         dns_queries=unique * c[K_DNS].value,
+        dedup_bucket_files=dedup_bucket_files(w * c[K_CAND_BYTES].value, candidates, dedup or DedupConfig()),
         comparisons=tuple(comparisons),
         used=used,
     )
+
+
+def dedup_bucket_files(candidates_bytes: float, candidates: float, cfg: DedupConfig) -> float:
+    """Files the dedup stage's bucketing phase writes, with its partitioning rules
+    (laion_pipe/stages/dedup.py): one task per `group_target_bytes` of candidates, `n_buckets`
+    (default: one per `bucket_target_bytes`), and every `flush_rows` rows a task writes one file per
+    bucket those rows fall in (expected number of distinct buckets among them). Tasks and buckets
+    both grow with the input, so the file count grows with its square."""
+    if candidates_bytes <= 0 or candidates <= 0:
+        return 0.0
+    tasks = max(1, math.ceil(candidates_bytes / cfg.group_target_bytes))
+    buckets = cfg.n_buckets or max(1, math.ceil(candidates_bytes / cfg.bucket_target_bytes))
+    rows_per_task = candidates / tasks
+    flushes = max(1, math.ceil(rows_per_task / cfg.flush_rows))
+    rows_per_flush = rows_per_task / flushes
+    return tasks * flushes * buckets * -math.expm1(-rows_per_flush / buckets)
 
 
 @dataclass(frozen=True)
@@ -314,6 +336,7 @@ class Cluster:
     network_bits_per_second: float
     dns_queries_per_second: float
     shuffle_bytes: float  # what dedup moves between workers
+    shuffle_files: float  # in how many bucket files
 
     def render(self) -> str:
         days = self.hours / 24
@@ -327,7 +350,8 @@ class Cluster:
         lines.append(f"  disk      {nbytes(self.disk_bytes):>10} (candidates/ + images/ + dataset/)")
         lines.append(f"  network   {sig(self.network_bits_per_second / 1e9):>10} Gbit/s in, sustained")
         lines.append(f"  DNS       {human(self.dns_queries_per_second):>10} lookups/s (upper bound)")
-        lines.append(f"  shuffle   {nbytes(self.shuffle_bytes):>10} written and read once by dedup")
+        lines.append(f"  shuffle   {nbytes(self.shuffle_bytes):>10} written and read once by dedup, "
+                     f"in {human(self.shuffle_files)} bucket files")
         return "\n".join(lines)
 
 
@@ -348,6 +372,7 @@ def cluster_for(est: Estimate, hours: float) -> Cluster:
         network_bits_per_second=est.wire_bytes * 8 / secs,
         dns_queries_per_second=est.dns_queries / secs,
         shuffle_bytes=est.candidates_bytes,
+        shuffle_files=est.dedup_bucket_files,
     )
 
 
@@ -359,7 +384,7 @@ def dry_run_estimate(wf, stages: Sequence[str] | None = None, costs: Mapping[str
         return f"estimate for workflow {wf.name!r}: the workflow names no inputs, nothing to estimate"
     counted = count_inputs(wf.inputs, costs, wf.extract.max_files, wf.extract.crawl_base_url)
     est = estimate(counted, costs, image_size=wf.download.image_size, resize_mode=wf.download.resize_mode,
-                   stages=run, name=f"workflow {wf.name!r}")
+                   stages=run, name=f"workflow {wf.name!r}", dedup=wf.dedup)
     text = est.render()
     skipped = [s for s in (stages or ()) if s not in ESTIMATED_STAGES]
     if skipped:

@@ -90,6 +90,9 @@ def test_three_local_wat_files_by_hand(three_wats: Path) -> None:
     assert est.dataset_bytes == pytest.approx(300_000)
     assert est.wire_bytes == pytest.approx(24_000_000)
     assert est.dns_queries == pytest.approx(3_000)
+    # dedup with its defaults: one task per 256 MiB, one bucket per 64 MiB, a flush every 1M rows:
+    # 3 MB -> 1 task, 1 bucket, 1 flush -> 1 file
+    assert est.dedup_bucket_files == pytest.approx(1.0)
     comparisons = {what: hours for what, hours, _ in est.comparisons}
     assert comparisons["cc2dataset extract"] == pytest.approx(150 / 3600)
     assert comparisons["img2dataset download"] == pytest.approx(28.8 / 3600)
@@ -267,3 +270,16 @@ def test_estimate_module_as_a_user_runs_it(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=120)
     assert pairs.returncode == 0, pairs.stderr
     assert "= 3.00 real-size WAT files" in pairs.stdout  # 300 / (1,000 x 0.1)
+
+
+def test_dedup_bucket_files_grow_with_the_square_of_the_input() -> None:
+    from laion_pipe.config.dedup import DedupConfig
+
+    cfg = DedupConfig(group_target_bytes=1_000_000, bucket_target_bytes=500_000, flush_rows=1_000)
+    est = estimate(InputCount(files=3, wat_equivalents=3.0), injected(), dedup=cfg)
+    # 3 MB of candidates: 3 tasks x 6 buckets; 2,000 rows per task = 2 flushes of 1,000 rows,
+    # which hit all 6 buckets (1 - e^-166 of them): 3 x 2 x 6 files
+    assert est.dedup_bucket_files == pytest.approx(36)
+    ten_times = estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg)
+    assert ten_times.dedup_bucket_files == pytest.approx(30 * 2 * 60)  # 10x the input, 100x the files
+    assert cluster_for(ten_times, 1).shuffle_files == pytest.approx(3_600)
