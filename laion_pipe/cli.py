@@ -1,4 +1,7 @@
-"""The `laion-pipe` command: one function per subcommand, nothing else.
+"""The `laion-pipe` command: one function per kind of subcommand, nothing else.
+
+The stage subcommands (`laion-pipe dedup --out DIR`, ...) are built from the stage table
+(`stages/registry.py`) and share one handler; `run`, `stats`, `demo` and `status` have their own.
 
 Exit codes: 0 complete; 1 the run is incomplete (some partitions failed, see `laion-pipe status`);
 2 a usage or configuration error, reported before any work starts.
@@ -6,12 +9,14 @@ Exit codes: 0 complete; 1 the run is incomplete (some partitions failed, see `la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 
 from .config import ConfigError
+from .stages import registry
 
 console = Console(stderr=True)
 
@@ -30,52 +35,54 @@ def _common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch job logs)")
 
 
-def _stage_cmd(args: argparse.Namespace, stage: str, extra_overrides: Sequence[str] = (), **stage_kwargs) -> int:
+def _stage_inputs(args: argparse.Namespace, row) -> tuple[list[str], dict]:
+    """A stage subcommand's extra options, split into workflow overrides and `run` kwargs."""
+    import json
+
+    overrides, kwargs = [], {}
+    for opt in row.options:
+        value = getattr(args, opt.dest)
+        if value is None or value is False or value == []:
+            continue
+        if opt.kwarg is not None:
+            kwargs[opt.kwarg] = value
+        else:
+            overrides.append(f"{opt.override}={json.dumps(value)}")
+    return overrides, kwargs
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """`laion-pipe STAGE --out DIR ...`: one stage of the table, with the run's saved workflow."""
     from .cluster import open_client
-    from .pipeline import resolve_workflow, run_stages
+    from .pipeline import resolve_workflow, run_stages, stage
     from .report_cli import print_stage_report
 
-    wf, out = resolve_workflow(args.workflow, args.out, [*extra_overrides, *args.overrides])
+    row = stage(args.stage)
+    extra, kwargs = _stage_inputs(args, row)
+    wf, out = resolve_workflow(args.workflow, args.out, [*extra, *args.overrides])
     wf.runner.progress = wf.runner.progress and not args.no_progress
     wf.runner.force = args.force
-    with open_client(wf.cluster) as client:
-        reports = run_stages(wf, out, [stage], client, on_report=print_stage_report, **{stage: dict(stage_kwargs)})
+    with open_client(wf.cluster) if row.dask else contextlib.nullcontext() as client:
+        reports = run_stages(wf, out, [row.name], client, on_report=print_stage_report, **{row.name: kwargs})
     return EXIT_INCOMPLETE if any(r.failed for r in reports) else EXIT_OK
 
 
-def cmd_extract(args: argparse.Namespace) -> int:
-    extra = []
-    if args.inputs:
-        import json
-
-        extra.append("inputs=" + json.dumps(args.inputs))
-    if args.max_files is not None:
-        extra.append(f"extract.max_files={args.max_files}")
-    return _stage_cmd(args, "extract", extra)
-
-
-def cmd_dedup(args: argparse.Namespace) -> int:
-    return _stage_cmd(args, "dedup")
-
-
-def cmd_download(args: argparse.Namespace) -> int:
-    return _stage_cmd(args, "download", retry_failed=args.retry_failed)
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    return _stage_cmd(args, "score")
-
-
-def cmd_select(args: argparse.Namespace) -> int:
-    return _stage_cmd(args, "select")
-
-
 def cmd_stats(args: argparse.Namespace) -> int:
+    """`laion-pipe stats PATH...`: a run directory uses the run's saved workflow (like the other
+    stage commands); parquet files in LAION's schema use --workflow or the defaults."""
     from .config import load_workflow
+    from .pipeline import resolve_workflow
     from .stages.stats import main_stats
+    from .stats.aggregate import is_run_dir
 
-    wf = load_workflow(args.workflow, args.overrides)
-    return main_stats(args.paths, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, wf=wf)
+    paths = list(args.paths)
+    if len(paths) == 1 and is_run_dir(paths[0]):
+        wf, _ = resolve_workflow(args.workflow, paths[0], args.overrides)
+    else:
+        wf = load_workflow(args.workflow, args.overrides)
+    if args.no_progress:
+        wf.runner.progress = False
+    return main_stats(paths, out=args.out, subset=args.subset, as_json=args.json, swap_wh=args.swap_wh, wf=wf)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -118,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laion-pipe",
         description="LAION-style image-text dataset curation from Common Crawl, on Dask. "
-        "Stages: extract -> dedup -> download -> score -> select -> stats; each resumable.",
+        f"Stages: {' -> '.join(registry.names(curation=True))}; each resumable.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -129,57 +136,33 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(workflow=None)
     p.add_argument("--stages", metavar="LIST",
-                   help="stages to run: a comma list (extract,dedup), or a range (download: = from download on, :select = up to select)")
+                   help=f"stages to run (default: {','.join(registry.names(curation=True))}): a comma list (extract,dedup) or a range "
+                        "(download: = from download to stats, :select = up to select, select:stats)")
     p.add_argument("--dry-run", action="store_true", help="validate the workflow and print the plan (and the batch job script / pod spec)")
     p.set_defaults(fn=cmd_run)
 
-    p = sub.add_parser("extract", help="Common Crawl WAT/WARC -> candidates/{en,multi,nolang}/part-NNNNN.parquet",
-                       description="Parse WAT or WARC files (gzip or plain, detected from content) into (image URL, alt text) "
-                                   "pairs with LAION-5B's rules, detect each alt text's language with fastText and split into "
-                                   "EN / MULTI / NOLANG. One output partition per input file.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="local paths, globs, fsspec URLs (s3://, https://) or a crawl id such as CC-MAIN-2023-14; "
-                        "default: the workflow's inputs")
-    p.add_argument("--max-files", type=int, metavar="N", help="with a crawl id: take the first N WAT files of its wat.paths.gz")
-    _common(p, out_required=True)
-    p.set_defaults(fn=cmd_extract)
+    for row in registry.STAGE_TABLE:
+        if not row.cli:
+            continue
+        p = sub.add_parser(row.name, help=row.help, description=row.description)
+        for opt in row.options:
+            p.add_argument(*opt.flags, **opt.argparse_kwargs())
+        _common(p, out_required=True)
+        p.set_defaults(fn=cmd_stage, stage=row.name)
 
-    p = sub.add_parser("dedup", help="global exact dedup and blocklists -> unique/{subset}/part-NNNNN.parquet",
-                       description="Deduplicate all candidates of the run (by url, or by url+text), apply domain / URL-hash / "
-                                   "already-curated blocklists, and cut the survivors into fixed-size parts (one download shard each).")
-    _common(p, out_required=True)
-    p.set_defaults(fn=cmd_dedup)
-
-    p = sub.add_parser("download", help="fetch images -> images/{subset}/NNNNN.tar (img2dataset format)",
-                       description="Download, check and resize the images of every unique part, refusing non-public addresses "
-                                   "and honouring X-Robots-Tag opt-outs. Output is img2dataset's format.")
-    _common(p, out_required=True)
-    p.add_argument("--retry-failed", action="store_true",
-                   help="refetch only samples that failed for a transient reason (timeouts, 5xx, 429) in done shards, and merge them")
-    p.set_defaults(fn=cmd_download)
-
-    p = sub.add_parser("score", help="CLIP similarity, punsafe, pwatermark, aesthetic -> scores/{subset}/NNNNN.parquet",
-                       description="Score every downloaded image: image-text cosine similarity, NSFW and watermark probabilities "
-                                   "and aesthetic score. Uses a GPU when the worker has one.")
-    _common(p, out_required=True)
-    p.set_defaults(fn=cmd_score)
-
-    p = sub.add_parser("select", help="apply thresholds -> dataset/{name}/NNNNN.tar + parquet (LAION-5B columns)",
-                       description="Apply the thresholds and subset recipes to the scores and write the final WebDataset shards. "
-                                   "Changing a threshold reruns only this stage.")
-    _common(p, out_required=True)
-    p.set_defaults(fn=cmd_select)
-
-    p = sub.add_parser("stats", help="LAION's subset statistics tables, plots and report.html",
-                       description="Compute the LAION-5B statistics table per subset (counts by resolution, %% NSFW, %% watermark, "
-                                   "average text length), top languages and domains, histograms and the funnel.")
-    p.add_argument("path", metavar="PATH", help="a run directory, or parquet files / a glob in LAION's published schema")
+    stats = registry.get("stats")
+    p = sub.add_parser("stats", help=stats.help, description=stats.description)
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a run directory, or parquet files, folders or globs in LAION's published schema "
+                        "(quote a glob to let laion-pipe expand it, e.g. 'laion2B-en/*.parquet')")
     p.add_argument("--out", "-o", metavar="DIR", help="where to write stats/ (default: PATH/stats for a run directory)")
-    p.add_argument("--workflow", "-w", metavar="FILE", help="workflow YAML for the stats settings")
+    p.add_argument("--workflow", "-w", metavar="FILE",
+                   help="workflow YAML for the stats settings; default: a run directory's saved workflow, else built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
     p.add_argument("--subset", metavar="NAME", help="label for LAION-schema parquet input (e.g. en, multi, nolang)")
     p.add_argument("--json", action="store_true", help="print the table as JSON (one object per subset)")
     p.add_argument("--swap-wh", action="store_true", help="swap WIDTH and HEIGHT (LAION's legacy files have them swapped)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch job logs)")
     p.set_defaults(fn=cmd_stats)
 
     p = sub.add_parser("demo", help="the whole pipeline on a small world built on 127.0.0.1, ending with the statistics",

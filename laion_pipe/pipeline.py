@@ -1,11 +1,12 @@
-"""Stages in order, the run directory's saved workflow, and whole-pipeline runs.
+"""Running stages by name, the `--stages` grammar, and the run directory's saved workflow.
 
-The workflow a run directory was made with is saved in `_state/workflow.yaml` so that later
-single-stage commands (`laion-pipe dedup --out DIR`) use the same settings without repeating them.
+Which stages exist, their order and what each takes part in is the table in
+`stages/registry.py`; this module runs them. The workflow a run directory was made with is saved
+in `_state/workflow.yaml` so that later single-stage commands (`laion-pipe dedup --out DIR`) use
+the same settings without repeating them.
 """
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,15 +16,20 @@ import yaml
 from . import fsio
 from .config import ConfigError, Workflow, load_workflow, workflow_from_dict
 from .runner import StageReport
-from .schema import STAGES, STATE_DIR
+from .schema import STATE_DIR
+from .stages import registry
+from .stages.registry import PIPELINE
 
-PIPELINE_STAGES: tuple[str, ...] = STAGES  # extract, dedup, download, score, select, stats
+PIPELINE_STAGES: tuple[str, ...] = PIPELINE
+"""What `run` runs by default (extract .. stats); the name demo, tests and benchmarks import."""
 
 
-def stage_module(stage: str):
-    if stage not in PIPELINE_STAGES:
-        raise ConfigError(f"unknown stage {stage!r}; stages are {', '.join(PIPELINE_STAGES)}")
-    return importlib.import_module(f"laion_pipe.stages.{stage}")
+def stage(name: str) -> registry.Stage:
+    """The table row of stage `name`; an unknown name is a configuration error."""
+    try:
+        return registry.get(name)
+    except registry.UnknownStage as e:
+        raise ConfigError(str(e)) from None
 
 
 def saved_workflow_path(out: str) -> str:
@@ -57,18 +63,29 @@ def resolve_workflow(workflow_path: str | None, out: str | None, overrides: Sequ
 
 
 def parse_stages(spec: str | None) -> list[str]:
-    """`extract,dedup` or `download:` (from download on) or `:select` (up to select)."""
-    if not spec:
-        return list(PIPELINE_STAGES)
+    """The stages `--stages` names, in table order:
+    - nothing: `PIPELINE` (extract .. stats);
+    - a comma list: `extract,dedup`, any stage of the table;
+    - a range: `a:b` every stage from a to b; `:b` from the first stage to b; `a:` from a to
+      the last stage of a's kind (`select:` = select, stats; a stage that is not a curation
+      stage starts its own run of the table, so `select:` never starts a training run)."""
+    order = registry.names()
+    if not spec or not spec.strip():
+        return list(registry.names(curation=True))
     if ":" in spec:
-        a, _, b = spec.partition(":")
-        i = PIPELINE_STAGES.index(a) if a else 0
-        j = PIPELINE_STAGES.index(b) + 1 if b else len(PIPELINE_STAGES)
-        return list(PIPELINE_STAGES[i:j])
-    names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        stage_module(n)
-    return [s for s in PIPELINE_STAGES if s in names]
+        a, _, b = (x.strip() for x in spec.partition(":"))
+        i = order.index(stage(a).name) if a else 0
+        j = order.index(stage(b).name) if b else None
+        if j is None:
+            kind = stage(a).curation if a else True
+            names = [n for n in order[i:] if registry.get(n).curation == kind]
+        else:
+            names = list(order[i : j + 1])
+        if not names:
+            raise ConfigError(f"--stages {spec!r}: no stage in that range (order: {', '.join(order)})")
+        return names
+    named = {stage(s.strip()).name for s in spec.split(",") if s.strip()}
+    return [n for n in order if n in named]
 
 
 def run_stages(
@@ -80,16 +97,19 @@ def run_stages(
     stop_on_failure: bool = False,
     **kwargs: Any,
 ) -> list[StageReport]:
-    """Run the named stages in pipeline order. By default a stage with failed partitions does
-    not stop the run: later stages work on what succeeded, every other partition completes, and
-    the reports say the run is incomplete. Rerunning after the cause is fixed redoes the failed
-    partitions, and the later stages' fingerprints see their new input and redo what it changes."""
+    """Run the named stages in the order given, each as `run(out, wf, client, **kwargs[name])`
+    (a stage that is not a Dask job may ignore the client). By default a stage with failed
+    partitions does not stop the run: later stages work on what succeeded, every other partition
+    completes, and the reports say the run is incomplete. Rerunning after the cause is fixed
+    redoes the failed partitions, and the later stages' fingerprints see their new input and redo
+    what it changes."""
+    rows = [stage(name) for name in stages]  # every name checked before any work
     save_workflow(out, wf)
     reports = []
-    for stage in stages:
-        mod = stage_module(stage)
+    for row in rows:
+        run = row.load()
         t0 = time.time()
-        report = mod.run(out, wf, client, **kwargs.get(stage, {}))
+        report = run(out, wf, client, **kwargs.get(row.name, {}))
         report.seconds = report.seconds or round(time.time() - t0, 3)
         reports.append(report)
         if on_report:

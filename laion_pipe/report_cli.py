@@ -11,7 +11,8 @@ from rich.table import Table
 
 from . import fsio
 from .runner import StageReport, read_manifest, stage_status
-from .schema import STAGES, STATE_DIR
+from .schema import STATE_DIR
+from .stages.registry import ORDER
 
 console = Console(stderr=True, soft_wrap=True)  # never break a path or URL across lines
 
@@ -55,7 +56,8 @@ def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence
 
 
 def _stage_names(out: str) -> list[str]:
-    """Stages with state in pipeline order; internal phases (`dedup.bucket`) just before their stage."""
+    """Stages with state in table order (stages the table does not know last); internal phases
+    (`dedup.bucket`) just before their stage."""
     fs, p = fsio.fs_and_path(fsio.join(out, STATE_DIR))
     try:
         found = {e.rstrip("/").rpartition("/")[2] for e in fs.ls(p, detail=False) if fs.isdir(e)}
@@ -64,7 +66,7 @@ def _stage_names(out: str) -> list[str]:
 
     def order(name: str) -> tuple[int, int, str]:
         base, _, phase = name.partition(".")
-        rank = STAGES.index(base) if base in STAGES else len(STAGES)
+        rank = ORDER.index(base) if base in ORDER else len(ORDER)
         return (rank, 0 if phase else 1, name)
 
     return sorted(found, key=order)

@@ -1,15 +1,49 @@
-"""The `laion-pipe` command: help, config errors before work, extract + status end to end."""
+"""The `laion-pipe` command: help, config errors before work, extract + status end to end, stats
+on a run directory and on LAION's files."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import sysconfig
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
 from laion_pipe.cli import build_parser, main
+from laion_pipe.stages.registry import STAGE_TABLE
 
 SUBCOMMANDS = ["run", "extract", "dedup", "download", "score", "select", "stats", "demo", "status"]
+ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "120"}
+
+
+def test_every_stage_of_the_table_has_a_subcommand():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert set(SUBCOMMANDS) <= set(choices)
+    assert {s.name for s in STAGE_TABLE} <= set(choices)
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_help_renders_as_a_user_runs_it(cmd):
+    """`python -m laion_pipe CMD --help` in a fresh process: exit 0, and no `%%` (argparse
+    %-formats help strings but not descriptions, so a description must say `%` plainly)."""
+    r = subprocess.run([sys.executable, "-m", "laion_pipe", cmd, "--help"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert "%%" not in r.stdout and "usage: laion-pipe" in r.stdout
+    if cmd == "stats":
+        assert "% NSFW" in r.stdout.replace("\n", " ")
+
+
+def test_stage_commands_import_no_torch():
+    """Help and the CLI's startup stay cheap: the model code is imported by the stages that use it."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "laion_pipe", "extract", "--help"],
+                       capture_output=True, text=True, timeout=120, env=ENV)
+    assert r.returncode == 0, r.stderr
+    imported = {line.rpartition("|")[2].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "laion_pipe.cli" in imported and "laion_pipe.stages.registry" in imported  # the check sees imports at all
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
 @pytest.mark.parametrize("cmd", SUBCOMMANDS)
@@ -77,5 +111,37 @@ def test_unreadable_input_is_a_failed_partition_and_exit_1(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    r = subprocess.run([sys.executable, "-m", "laion_pipe.cli", "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and "extract" in r.stdout
+    """The installed `laion-pipe` script itself (found beside this interpreter, not on PATH, which
+    an environment that is not activated leaves out) runs the CLI."""
+    (ep,) = entry_points(group="console_scripts", name="laion-pipe")
+    assert ep.value == "laion_pipe.cli:main"
+    folders = [Path(sysconfig.get_path("scripts")), Path(sys.executable).parent]
+    script = next((f / "laion-pipe" for f in folders if (f / "laion-pipe").is_file()), None)
+    assert script is not None, f"no laion-pipe script in {folders}"
+    r = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, env=ENV)
+    assert r.returncode == 0 and "extract" in r.stdout and "usage: laion-pipe" in r.stdout
+
+
+def test_stats_on_a_run_directory_uses_its_saved_workflow(tmp_path, capsys):
+    from test_stats import EXPECTED, build_run
+
+    from laion_pipe.config import workflow_from_dict
+    from laion_pipe.pipeline import save_workflow
+
+    run = build_run(tmp_path / "run")
+    save_workflow(str(run), workflow_from_dict({"stats": {"plots": False}}))  # the defaults draw plots
+    assert main(["stats", str(run), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == list(EXPECTED.values())
+    assert (run / "stats" / "report.html").is_file() and not (run / "stats" / "plots").exists()
+
+
+def test_stats_on_many_files_and_on_a_quoted_glob(tmp_path, capsys):
+    from test_stats import MULTI, _laion_file
+
+    files = [str(_laion_file(tmp_path / "laion" / f"part-{i}.parquet", MULTI, swapped=False)) for i in range(2)]
+    assert main(["stats", *files, "--subset", "multi", "--json"]) == 0  # what a shell makes of laion/*.parquet
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["subset"] == "multi" and row["count"] == 2 * len(MULTI)
+    assert main(["stats", str(tmp_path / "laion" / "*.parquet"), "--subset", "multi", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["count"] == 2 * len(MULTI)
+    assert main(["stats", str(tmp_path / "nothing" / "*.parquet")]) == 2
