@@ -12,7 +12,7 @@ from rich.table import Table
 from . import fsio
 from .runner import StageReport, read_manifest, stage_status
 from .schema import STATE_DIR
-from .stages.registry import ORDER
+from .stages import registry
 
 console = Console(stderr=True, soft_wrap=True)  # never break a path or URL across lines
 
@@ -64,12 +64,14 @@ def _stage_names(out: str) -> list[str]:
     except FileNotFoundError:
         found = set()
 
-    def order(name: str) -> tuple[int, int, str]:
+    order = registry.names()
+
+    def rank_of(name: str) -> tuple[int, int, str]:
         base, _, phase = name.partition(".")
-        rank = ORDER.index(base) if base in ORDER else len(ORDER)
+        rank = order.index(base) if base in order else len(order)
         return (rank, 0 if phase else 1, name)
 
-    return sorted(found, key=order)
+    return sorted(found, key=rank_of)
 
 
 def print_status(out: str, as_json: bool = False) -> int:
