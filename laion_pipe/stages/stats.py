@@ -110,6 +110,9 @@ def process(part: Partition, out: str, wf: Workflow) -> Outcome:
     o.outputs = [f"{OUT_DIR}/{rel}" for rel in write_outputs(result, fsio.join(out, OUT_DIR), wf.stats)]
     for s in result.all_rows():
         o.counts[f"pairs.{s.subset}"] = s.counts.count
+    from ..stats.report import finish_report  # gallery.json, then report.html with gallery and train/eval sections
+
+    o.outputs += [f"{OUT_DIR}/{rel}" for rel in finish_report(out, wf)]
     return o
 
 
