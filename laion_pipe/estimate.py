@@ -128,14 +128,19 @@ class Estimate:
             if s.feed_rate is not None:
                 lines.append(f"  {'':<9} {'CPUs feeding GPUs':>22} {sig(s.feed_core_hours):>12} {'':>10}  "
                              f"{sig(s.feed_rate.value)} core-s per 1,000 images ({s.feed_rate.kind})")
-        lines.append(f"  total {sig(self.core_hours)} core-hours with scoring on GPUs"
-                     + (f" ({sig(self.core_hours_cpu_only)} with scoring on CPUs)" if self._has_score() else ""))
+        if self._has_score():
+            lines.append(f"  total {sig(self.core_hours)} core-hours with scoring on GPUs "
+                         f"({sig(self.core_hours_cpu_only)} with scoring on CPUs)")
+        else:
+            lines.append(f"  total {sig(self.core_hours)} core-hours")
         lines.append(f"output: candidates/ {nbytes(self.candidates_bytes)}, images/ {nbytes(self.images_bytes)}, "
                      f"dataset/ {nbytes(self.dataset_bytes)} ({nbytes(self.image_bytes_rate.value)} per image: "
                      f"{self.image_bytes_rate.unit}, {self.image_bytes_rate.kind})")
         lines.append(f"network: {nbytes(self.wire_bytes)} fetched, up to {human(self.dns_queries)} DNS lookups")
-        lines.append(f"dedup shuffle: {nbytes(self.candidates_bytes)} written and read once, in about "
-                     f"{human(self.dedup_bucket_files)} bucket files (dedup.group_target_bytes, bucket_target_bytes, flush_rows)")
+        if any(s.stage == "dedup" for s in self.stages):
+            lines.append(f"dedup shuffle: {nbytes(self.candidates_bytes)} written and read once, in about "
+                         f"{human(self.dedup_bucket_files)} bucket files (dedup.group_target_bytes, bucket_target_bytes, "
+                         "flush_rows)")
         if self.comparisons:
             lines.append("published tools on the same work: " + "; ".join(
                 f"{what} {sig(h)} core-hours ({sig(c.value)} {c.unit}, {c.kind})" for what, h, c in self.comparisons))

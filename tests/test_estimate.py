@@ -127,6 +127,11 @@ def test_only_the_stages_asked_for() -> None:
     est = estimate(InputCount(files=1, wat_equivalents=1.0), injected(), stages=["download", "score"])
     assert [s.stage for s in est.stages] == ["download", "score"]
     assert [what for what, _, _ in est.comparisons] == ["img2dataset download"]
+    text = est.render()
+    # 800 images: download 800 x 15 ms = 12 s; GPU feed 800 x 150 ms = 120 s; CPU scoring 800 x 1.5 s = 1,200 s
+    assert "dedup shuffle" not in text and "total 0.0367 core-hours with scoring on GPUs (0.337 with scoring on CPUs)" in text
+    assert "total 0.00333 core-hours\n" in estimate(InputCount(files=1, wat_equivalents=1.0), injected(),
+                                                    stages=["download"]).render()
 
 
 def test_crawl_id_is_counted_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
