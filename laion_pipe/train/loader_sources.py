@@ -45,22 +45,29 @@ def resolve_source(source: str, run_dir: str | None = None) -> list[str]:
         folder = fsio.join(run_dir, "dataset", source)
         shards = fsio.glob(fsio.join(folder, "*.tar"))
         if not shards:
-            raise ValueError(f"source {source!r}: no shards (*.tar) in {folder}")
+            fs, root = fsio.fs_and_path(fsio.join(run_dir, "dataset"))
+            names = sorted({p.split("/")[-2] for p in fs.glob(f"{root}/*/*.tar")}) if fs.exists(root) else []
+            known = f" (datasets there: {', '.join(names)})" if names else ""
+            raise ValueError(f"source {source!r}: no shards (*.tar) in {folder}{known}")
         return shards
     shards: list[str] = []
-    for pattern in braceexpand.braceexpand(source):
+    patterns = list(braceexpand.braceexpand(source))
+    for pattern in patterns:
         proto = _protocol(pattern)
         if _GLOB_CHARS.search(pattern.split("://", 1)[-1]):
             if proto in _STREAMED:
                 raise ValueError(f"source {source!r}: HTTP cannot be listed; write the shards as a brace "
                                  f"pattern instead (e.g. https://host/ds/{{00000..00009}}.tar)")
             shards += [s for s in fsio.glob(pattern) if s.endswith(".tar")]
-        elif proto in _STREAMED or pattern.endswith(".tar"):
+        elif proto in _STREAMED or (proto != "file" and len(patterns) > 1 and pattern.endswith(".tar")):
+            # Not checked one by one (a request each); a missing one is a counted shard_error when read.
             shards.append(pattern)
-        elif fsio.exists(pattern):  # a directory of shards
-            shards += fsio.glob(fsio.join(pattern, "*.tar"))
-        else:
+        elif not fsio.exists(pattern):
             raise ValueError(f"source {source!r}: {pattern} does not exist")
+        elif pattern.endswith(".tar"):
+            shards.append(pattern)
+        else:  # a directory of shards
+            shards += fsio.glob(fsio.join(pattern, "*.tar"))
     if not shards:
         raise ValueError(f"source {source!r}: no shards (*.tar) found")
     return sorted(set(shards))
