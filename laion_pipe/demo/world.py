@@ -16,7 +16,7 @@ the statistics the pipeline computes.
 | broken     | bytes that are not an image                            | `decode_error` / `not_an_image`      |
 | noai       | a scene served with `X-Robots-Tag: noai`              | `opt_out`                            |
 | missing    | a URL the server answers 404                           | `http_404`                           |
-| duplicate  | a URL already used on an earlier page                  | `duplicate_url` at dedup             |
+| duplicate  | a URL and alt already used (same or earlier page)      | `duplicate_url` at dedup (`duplicate_in_file` at extract when in the same WAT file) |
 | bad_source | `data:`, `javascript:`, `.svg`, `.gif` sources         | dropped at extract                   |
 | short      | alt text under 5 characters                            | `text_too_short` at extract          |
 """
@@ -168,7 +168,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
                 alt = rng.choice(SHORT_ALTS)
             if kind not in ("duplicate", "bad_source", "short"):
                 used_urls.append((url, alt))
-            row["alt"] = alt
+            row["url"], row["alt"] = url, alt  # duplicate and bad_source rows replaced the page's own url
             rows.append(row)
             imgs.append(Img(url, alt))
         pages.append(Page(url=page_url, images=tuple(imgs), title=f"Gallery {i}", lang="en"))
