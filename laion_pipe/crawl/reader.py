@@ -33,9 +33,11 @@ def page_of(rec: Record, stats: Counter) -> PageImages | None:
 
 def iter_pages(path: str, stats: Counter | None = None, max_record_bytes: int = 128 << 20) -> Iterator[PageImages | ReadError]:
     """Pages with their image links, in file order, and a `ReadError` for each damaged record.
-    `stats` (if given) counts records by kind and pages found."""
+    `stats` (if given) counts records by kind, pages found, and records that only the lenient
+    reader could read (`records.read_by_warcio`, noted with the reason as a `lenient_reader`
+    ReadError at the offset where it took over)."""
     stats = stats if stats is not None else Counter()
-    for item in iter_records(path, max_record_bytes=max_record_bytes):
+    for item in iter_records(path, max_record_bytes=max_record_bytes, stats=stats):
         if isinstance(item, ReadError):
             yield item
             continue

@@ -11,7 +11,10 @@ bad record costs that record only:
 - a record shorter than its Content-Length, and bytes after the last record that hold no
   complete record, are reported as truncated;
 - every problem is yielded as a `ReadError` with the byte offset of the record (in the file as
-  stored, i.e. the compressed offset for .gz, which is what Common Crawl's index uses).
+  stored, i.e. the compressed offset for .gz, which is what Common Crawl's index uses);
+- a record fastwarc cannot parse but warcio can (WARC header lines ending in LF instead of CRLF)
+  hands the rest of the file to warcio from that record on (`lenient.py`), noted as a
+  `lenient_reader` ReadError saying why, so such files are read whole instead of failing.
 
 Memory: records are read one at a time; a record larger than `max_record_bytes` is skipped
 without being read. Nothing grows with the file's size.
@@ -27,6 +30,7 @@ from typing import IO
 from fastwarc.warc import ArchiveIterator, WarcHeader, WarcRecordType
 
 from .. import fsio
+from . import lenient
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/1."
@@ -127,11 +131,14 @@ def _end_of_record(f: IO[bytes], start: int, compressed: bool) -> int | None:
             return None
         return pos - len(d.unused_data)
     head = f.read(1 << 16)
-    sep = head.find(b"\r\n\r\n")
+    sep, sep_len = head.find(b"\r\n\r\n"), 4
+    lf = head.find(b"\n\n")
+    if lf != -1 and (sep == -1 or lf < sep):
+        sep, sep_len = lf, 2  # header lines ending in LF (read by the lenient reader)
     m = _CONTENT_LENGTH.search(head, 0, sep) if sep != -1 else None
     if not m:
         return None
-    end = start + sep + 4 + int(m.group(1))
+    end = start + sep + sep_len + int(m.group(1))
     f.seek(end - 1)
     return end if f.read(1) else None
 
@@ -144,76 +151,112 @@ def _has_data_after(f: IO[bytes], pos: int) -> bool:
     return False
 
 
+def _skip_blank_lines(f: IO[bytes], pos: int) -> int:
+    f.seek(pos)
+    chunk = f.read(256)
+    return pos + len(chunk) - len(chunk.lstrip(b"\r\n"))
+
+
 def _header(rec, name: WarcHeader) -> str | None:
     v = rec.headers.get(name)
     return v if v else None
 
 
-def iter_records(path: str, max_record_bytes: int = 128 << 20) -> Iterator[Record | ReadError]:
+def iter_records(path: str, max_record_bytes: int = 128 << 20, stats=None) -> Iterator[Record | ReadError]:
     """Yield the metadata and response records of `path` (local path or fsspec URL), and a
     `ReadError` for every damaged part. Raises `NotAWarcError` when no record at all can be read,
-    and whatever opening the file raises (missing file, no permission, network error)."""
+    and whatever opening the file raises (missing file, no permission, network error).
+    `stats` (a Counter), if given, counts the records read by the lenient reader."""
     fs, p = fsio.fs_and_path(path)
     with fs.open(p, "rb") as f:
         compressed = is_gzip(f.read(2))
-        yield from _iter_file(f, compressed, max_record_bytes)
+        yield from _iter_file(f, compressed, max_record_bytes, stats)
 
 
-def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterator[Record | ReadError]:
+def _fast_records(f: IO[bytes], start: int, compressed: bool, max_record_bytes: int, seg: lenient.Segment,
+                  report) -> Iterator[Record | ReadError]:
+    """fastwarc from `start` on. Stops at its first error (`seg.failure`), or before a record
+    that it cannot parse but warcio can (`seg.switch_at`)."""
+    f.seek(start)
+    try:
+        for rec in ArchiveIterator(f, parse_http=False):
+            off = rec.stream_pos
+            seg.last = off
+            declared = rec.headers.get(WarcHeader.CONTENT_LENGTH)
+            if not declared or not declared.strip().isdigit():
+                # A header block fastwarc cannot parse: it reads it as an empty record. Either
+                # the header is broken, or it is one only a lenient reader reads.
+                why = lenient.probe(f, off, compressed)
+                if why is not None:
+                    seg.switch_at, seg.why = off, why
+                    return
+                yield from report("truncated_record", f"record header without a valid Content-Length ({declared!r})", off)
+                seg.done = off
+                continue
+            wanted = rec.record_type & WANTED
+            if not wanted or rec.content_length > max_record_bytes:
+                if wanted:
+                    yield from report("record_too_large", f"{rec.content_length} bytes > {max_record_bytes}", off)
+                skipped = rec.reader.consume()  # what fastwarc would do anyway, but counted
+                if skipped < rec.content_length:
+                    yield from report("truncated_record", f"{skipped} of {rec.content_length} bytes", off)
+                seg.done = off
+                continue
+            is_response = rec.record_type == WarcRecordType.response
+            http_ct = http_cs = None
+            if is_response:
+                rec.parse_http()
+                http_ct, http_cs = rec.http_content_type, rec.http_charset
+            expected = rec.content_length
+            payload = rec.reader.read()
+            if len(payload) < expected:
+                yield from report("truncated_record", f"{len(payload)} of {expected} bytes", off)
+                if not is_response:
+                    seg.done = off
+                    continue  # half a JSON document is no use; half an HTML page still is
+            yield Record(
+                offset=off,
+                is_response=is_response,
+                target_uri=_header(rec, WarcHeader.WARC_TARGET_URI),
+                content_type=_header(rec, WarcHeader.CONTENT_TYPE),
+                payload=payload,
+                http_content_type=http_ct,
+                http_charset=http_cs,
+            )
+            seg.done = off
+    except (OSError, ValueError, UnicodeError) as e:
+        seg.failure = f"{type(e).__name__}: {e}"
+
+
+def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int, stats=None) -> Iterator[Record | ReadError]:
     start: int | None = 0
     seen_any = False
     reported: set[int] = set()  # one report per damaged place, however it shows
-    resumed_after_stop = False  # fastwarc stopped without an error before the end of the data
+    resumed_after_stop = False  # the reader stopped without an error before the end of the data
+    use_lenient = False  # once fastwarc met a record only warcio reads, warcio reads the rest
 
     def report(kind: str, message: str, offset: int) -> Iterator[ReadError]:
         if offset not in reported:
             reported.add(offset)
             yield ReadError(kind, message, offset)
 
+    def switch(at: int, why: str) -> Iterator[ReadError]:
+        nonlocal use_lenient
+        use_lenient = True
+        yield from report("lenient_reader", f"{why}: records from offset {at} on read with {lenient.NAME}", at)
+
     while start is not None:
-        f.seek(start)
-        last: int | None = None
-        failure: str | None = None
-        try:
-            for rec in ArchiveIterator(f, parse_http=False):
-                off = rec.stream_pos
-                last = off
-                seen_any = True
-                declared = rec.headers.get(WarcHeader.CONTENT_LENGTH)
-                if not declared or not declared.strip().isdigit():
-                    # A header block cut short (or broken): fastwarc reads it as an empty record.
-                    yield from report("truncated_record", f"record header without a valid Content-Length ({declared!r})", off)
-                    continue
-                wanted = rec.record_type & WANTED
-                if not wanted or rec.content_length > max_record_bytes:
-                    if wanted:
-                        yield from report("record_too_large", f"{rec.content_length} bytes > {max_record_bytes}", off)
-                    skipped = rec.reader.consume()  # what fastwarc would do anyway, but counted
-                    if skipped < rec.content_length:
-                        yield from report("truncated_record", f"{skipped} of {rec.content_length} bytes", off)
-                    continue
-                is_response = rec.record_type == WarcRecordType.response
-                http_ct = http_cs = None
-                if is_response:
-                    rec.parse_http()
-                    http_ct, http_cs = rec.http_content_type, rec.http_charset
-                expected = rec.content_length
-                payload = rec.reader.read()
-                if len(payload) < expected:
-                    yield from report("truncated_record", f"{len(payload)} of {expected} bytes", off)
-                    if not is_response:
-                        continue  # half a JSON document is no use; half an HTML page still is
-                yield Record(
-                    offset=off,
-                    is_response=is_response,
-                    target_uri=_header(rec, WarcHeader.WARC_TARGET_URI),
-                    content_type=_header(rec, WarcHeader.CONTENT_TYPE),
-                    payload=payload,
-                    http_content_type=http_ct,
-                    http_charset=http_cs,
-                )
-        except (OSError, ValueError, UnicodeError) as e:
-            failure = f"{type(e).__name__}: {e}"
+        seg = lenient.Segment()
+        if use_lenient:
+            yield from lenient.records(f, start, max_record_bytes, seg, report, Record, stats)
+        else:
+            yield from _fast_records(f, start, compressed, max_record_bytes, seg, report)
+        last, failure = seg.last, seg.failure
+        seen_any = seen_any or last is not None
+        if seg.switch_at is not None:
+            yield from switch(seg.switch_at, seg.why)
+            start, resumed_after_stop = seg.switch_at, False
+            continue
 
         if resumed_after_stop and last is not None:
             yield from report("corrupt", "unreadable data before this record", start)
@@ -231,12 +274,31 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int) -> Iterato
                         yield from report("truncated", "incomplete record at end of data", end)
                 break
             if last is None and bad == start:
-                # Restarted on a record boundary and nothing could be read: a record cut short.
+                # Restarted on a record boundary and nothing could be read: a record cut short,
+                # or one that only the lenient reader can read.
+                why = None if use_lenient else lenient.probe(f, start, compressed)
+                if why is not None:
+                    yield from switch(start, why)
+                    continue
                 yield from report("truncated", "incomplete record at end of data", start)
                 start = find_boundary(f, start + 1, compressed)
             else:
                 start, resumed_after_stop = bad, True  # data left after a silent stop: read on
             continue
+        if not use_lenient:
+            # The reader stopped on an error: where the unread part starts (the record it was
+            # reading, else the end of the last one it finished) may be readable by warcio.
+            if last is None or last != seg.done:
+                resume = last if last is not None else start
+            else:
+                resume = _end_of_record(f, last, compressed)
+                if resume is not None and not compressed:
+                    resume = _skip_blank_lines(f, resume)  # the CRLFs that close a plain record
+            why = lenient.probe(f, resume, compressed) if resume is not None else None
+            if why is not None:
+                yield from switch(resume, why)
+                start = resume
+                continue
         # The damage starts where the last good record ends (when that can be told).
         damage = _end_of_record(f, last, compressed) if last is not None else start
         if damage is None:
