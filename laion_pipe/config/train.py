@@ -113,6 +113,7 @@ class TrainConfig(Section):
     noise_offset: float = Field(0.0, ge=0, description="offset noise strength (0.1 is common); 0: off")
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(None, description="None: the scheduler's own")
     torch_compile: bool = Field(False, description="compile the UNet with torch.compile (inductor) through accelerate")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch's default; torchrun sets 1 per process)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: the GPU accelerate finds, else the CPU; cpu: force the CPU")
     # outputs
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")

@@ -1,0 +1,61 @@
+"""The `train:` section as the training loader's `LoaderSpec`, and the epochs a rank walks through.
+
+Each rank walks its own sequence of epochs: when its loader runs out it starts the next epoch
+at once. Every rank still takes exactly one batch per micro-step, so all ranks make the same
+number of optimiser steps (no rank waits at an all-reduce for a rank that has finished its
+epoch), and within any epoch the ranks' samples are disjoint because the loader splits the
+shards by rank. The data position (epoch, samples taken in it) is part of every checkpoint.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from .checkpoint import RankState
+from .loader import LoaderSpec, SampleFilter, make_loader
+
+
+def loader_spec(wf, out: str, *, holdout: str = "exclude") -> LoaderSpec:
+    cfg = wf.train
+    return LoaderSpec(
+        sources=tuple(cfg.sources),
+        weights=tuple(cfg.weights) if cfg.weights is not None else None,
+        run_dir=out,
+        resolution=cfg.resolution,
+        center_crop=cfg.center_crop,
+        random_flip=cfg.random_flip,
+        filters=SampleFilter(**cfg.filters.model_dump()),
+        aspect_buckets=cfg.aspect_buckets,
+        caption_dropout=cfg.caption_dropout,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        holdout_fraction=cfg.holdout_fraction,
+        holdout=holdout,
+        num_workers=cfg.num_workers,
+    )
+
+
+class EmptyEpoch(RuntimeError):
+    """A rank's whole epoch gave no sample (everything filtered or undecodable)."""
+
+
+def epoch_batches(spec: LoaderSpec, state: RankState, *, rank: int, world_size: int,
+                  tokenize: Callable | None) -> Iterator[dict]:
+    """Batches forever, epoch after epoch, starting at `state`'s data position and keeping it up
+    to date: `state.samples_in_epoch` counts the samples of the batches handed out, so a
+    checkpoint taken between two batches resumes with the next one."""
+    while True:
+        loader = make_loader(spec, tokenize=tokenize, rank=rank, world_size=world_size,
+                             epoch=state.epoch, start_sample=state.samples_in_epoch)
+        got = False
+        for batch in loader:
+            got = True
+            state.samples_in_epoch += len(batch["key"])
+            yield batch
+        if not got and state.samples_in_epoch == 0:
+            raise EmptyEpoch(
+                f"rank {rank}: epoch {state.epoch} gave no sample (every sample was filtered out, held out or "
+                "undecodable; see the filters of the train: section)"
+            )
+        state.epoch += 1
+        state.samples_in_epoch = 0

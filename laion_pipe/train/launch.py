@@ -1,0 +1,105 @@
+"""Starting the training processes: torchrun on this machine, or a SLURM / PBS job script.
+
+Training is SPMD: one process per GPU, each running `python -m laion_pipe.train.worker`, started
+by torchrun (`torch.distributed.run`, what `accelerate launch --multi_gpu` runs underneath), whose
+environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) accelerate's `Accelerator` reads. On a cluster
+the job script starts one torchrun per node (srun / pbsdsh) with a c10d rendezvous on the first
+node, so nodes find each other without a hand-written rank table.
+
+The job script carries the whole workflow (a here-document written into the run directory at
+the job's start), so the job runs exactly what was validated when the script was printed.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+
+import yaml
+
+WORKER = "laion_pipe.train.worker"
+
+
+def job_workflow_path(out: str, name: str) -> str:
+    return f"{out.rstrip('/')}/train/{name}/workflow.yaml"
+
+
+def worker_args(out: str, workflow: str, *, prepared: bool = False, progress: bool = True) -> list[str]:
+    args = ["-m", WORKER, "--out", out, "--workflow", workflow]
+    if prepared:
+        args.append("--prepared")
+    if not progress:
+        args.append("--no-progress")
+    return args
+
+
+def local_command(wf, out: str, workflow: str, *, python: str | None = None, progress: bool = True) -> list[str]:
+    """torchrun on this machine: `processes_per_node` workers, a free rendezvous port
+    (--standalone), the stage having prepared the run already."""
+    n = wf.train.launch.processes_per_node
+    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc_per_node", str(n), *worker_args(out, workflow, prepared=True, progress=progress)]
+
+
+def _torchrun_multinode(wf, out: str, workflow: str, nodes_var: str) -> str:
+    L = wf.train.launch
+    args = [L.python, "-m", "torch.distributed.run", "--nnodes", nodes_var, "--nproc_per_node", str(L.processes_per_node),
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", "$MASTER_ADDR:$MASTER_PORT", "--rdzv_id", "$JOB_ID",
+            *worker_args(out, workflow, progress=False)]
+    return " ".join(a if a.startswith("$") else shlex.quote(a) for a in args)
+
+
+def job_kind(wf) -> str | None:
+    """slurm / pbs: train.launch.job, else the cluster section's kind when it is a batch system."""
+    if wf.train.launch.job:
+        return wf.train.launch.job
+    return wf.cluster.kind if wf.cluster.kind in ("slurm", "pbs") else None
+
+
+def _workflow_heredoc(wf, out: str, path: str) -> list[str]:
+    data = wf.model_dump(mode="json")
+    data["out"] = out
+    data["runner"]["force"] = False
+    text = yaml.safe_dump(data, sort_keys=False)
+    folder = path.rpartition("/")[0]
+    return [f"mkdir -p {shlex.quote(folder)}", f"cat > {shlex.quote(path)} <<'LAION_PIPE_WORKFLOW'", text.rstrip("\n"),
+            "LAION_PIPE_WORKFLOW"]
+
+
+def train_job_script(wf, out: str | None = None) -> str:
+    """The batch job that trains the workflow's `train:` model on `train.launch.nodes` nodes of
+    `processes_per_node` GPUs each (SLURM: sbatch; PBS: qsub). `laion-pipe run --dry-run`
+    prints it."""
+    out = out or wf.out
+    if not out:
+        raise ValueError("out: the job script needs the run directory (--out or `out:` in the workflow)")
+    kind = job_kind(wf)
+    if kind is None:
+        raise ValueError("train.launch.job: no batch system (set train.launch.job: slurm or pbs, or cluster.kind)")
+    L, jq = wf.train.launch, wf.cluster.jobqueue
+    queue, account = L.queue or jq.queue, L.account or jq.account
+    cpus = L.processes_per_node * L.cpus_per_process
+    wpath = job_workflow_path(out, wf.train.name)
+    if kind == "slurm":
+        head = ["#!/bin/bash", f"#SBATCH --job-name={L.job_name}", f"#SBATCH --nodes={L.nodes}",
+                "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={L.processes_per_node}",
+                f"#SBATCH --cpus-per-task={cpus}", f"#SBATCH --mem={L.memory}", f"#SBATCH --time={L.walltime}"]
+        head += [f"#SBATCH --partition={queue}"] if queue else []
+        head += [f"#SBATCH --account={account}"] if account else []
+        env = ['export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+               f"export MASTER_PORT={L.master_port}", "export JOB_ID=$SLURM_JOB_ID"]
+        launch = f"srun --ntasks-per-node=1 {_torchrun_multinode(wf, out, wpath, '$SLURM_NNODES')}"
+    else:
+        head = ["#!/bin/bash", f"#PBS -N {L.job_name}",
+                f"#PBS -l select={L.nodes}:ncpus={cpus}:ngpus={L.processes_per_node}:mem={L.memory.lower()}",
+                f"#PBS -l walltime={L.walltime}", "#PBS -j oe"]
+        head += [f"#PBS -q {queue}"] if queue else []
+        head += [f"#PBS -A {account}"] if account else []
+        env = ['cd "$PBS_O_WORKDIR"', 'export MASTER_ADDR=$(head -n 1 "$PBS_NODEFILE")', f"export MASTER_PORT={L.master_port}",
+               'export JOB_ID="$PBS_JOBID"', f"NNODES={L.nodes}"]
+        inner = _torchrun_multinode(wf, out, wpath, "$NNODES")
+        setup = " && ".join([*L.setup, 'cd "$PBS_O_WORKDIR"']) if L.setup else 'cd "$PBS_O_WORKDIR"'
+        exports = "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT JOB_ID=$JOB_ID NNODES=$NNODES PBS_O_WORKDIR=$PBS_O_WORKDIR"
+        # pbsdsh -u: one command per node of the job; it starts with a bare environment, so pass what torchrun needs
+        launch = f"pbsdsh -u bash -lc \"export {exports}; {setup} && {inner}\""
+    body = ["set -euo pipefail", *L.setup, *env, *_workflow_heredoc(wf, out, wpath), launch]
+    return "\n".join(head + [""] + body) + "\n"

@@ -1,0 +1,149 @@
+"""`laion-pipe train --out RUN`: the training stage.
+
+Not a set of Dask partitions: one training run, `RUN/train/{name}/`, recorded through the
+runner's manifest (`_state/train/{name}.json`) like any partition, so `laion-pipe status` shows
+it and a rerun with the same data and settings skips it. The order of things:
+
+1. `prepare`: every check that can fail fast (`preflight`, exit 2 before any work), the run's
+   plan entry, the workflow snapshot the worker processes read, and `holdout.json`.
+2. training: in this process when `train.launch.processes_per_node` is 1, else torchrun starts
+   that many worker processes on this machine and the stage waits for them (their progress bar
+   and messages go straight to this terminal).
+3. `finish` (the main process): `loss.png` and the manifest, from the loop's `summary.json`.
+
+A killed run resumes from its newest checkpoint when started again; `--force` starts over.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import traceback
+from collections import Counter
+
+import yaml
+
+from .. import fsio, runner
+from ..runner import Outcome, Partition, StageReport
+from .launch import job_workflow_path, local_command
+from .loop import SUMMARY, train, train_dir
+from .metrics import METRICS, plot_loss
+from .preflight import preflight
+
+STAGE = "train"
+HOLDOUT_FILE = "holdout.json"
+_NOT_FINGERPRINTED = {"log_every", "record_keys", "threads"}
+_LAUNCH_FINGERPRINTED = {"processes_per_node", "nodes"}
+
+
+def fingerprint(wf, shards: dict[str, list[str]]) -> str:
+    """What decides the trained weights: the train section (bar logging and job-script
+    details), the demo's text encoder, and each shard's identity (path and size)."""
+    cfg = wf.train.model_dump(mode="json")
+    launch = cfg.pop("launch")
+    cfg = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
+    cfg["launch"] = {k: launch[k] for k in sorted(_LAUNCH_FINGERPRINTED)}
+    text = wf.models.clip_en.model_dump(mode="json") if wf.train.model == "demo" and wf.train.text_encoder is None else None
+    sizes = []
+    for src, found in sorted(shards.items()):
+        for s in found:
+            fs, p = fsio.fs_and_path(s)
+            try:
+                size = fs.size(p)
+            except Exception:  # noqa: BLE001 - an HTTP shard without a length
+                size = None
+            sizes.append((src, s, size))
+    return runner.fingerprint(cfg, text, sizes)
+
+
+def prepare(out: str, wf) -> tuple[dict[str, list[str]], str]:
+    """Checks (raising `TrainInputError`), then the plan entry, the workflow snapshot and the
+    holdout list. Returns the sources' shards and the run's fingerprint."""
+    shards = preflight(wf, out)
+    fp = fingerprint(wf, shards)
+    inputs = tuple(s for found in shards.values() for s in found)
+    runner.write_plan(out, STAGE, [Partition(key=wf.train.name, inputs=inputs, fingerprint=fp)])
+    return shards, fp
+
+
+def write_run_files(out: str, wf) -> str:
+    """The workflow snapshot (what every worker process reads) and holdout.json."""
+    from .holdout import write_holdout
+
+    tdir = train_dir(out, wf)
+    tdir.mkdir(parents=True, exist_ok=True)
+    path = job_workflow_path(out, wf.train.name)
+    data = wf.model_dump(mode="json")
+    data["out"] = out
+    data["runner"]["force"] = False
+    fsio.write_bytes_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
+    write_holdout(str(tdir / HOLDOUT_FILE), list(wf.train.sources), out, wf.train.holdout_fraction)
+    return path
+
+
+def finish(out: str, wf, shards: dict[str, list[str]], fp: str, started: float) -> dict:
+    """loss.png and the done manifest, from the loop's summary."""
+    import json
+
+    tdir = train_dir(out, wf)
+    summary = json.loads((tdir / SUMMARY).read_text())
+    plot_loss(tdir / METRICS, tdir / "loss.png")
+    outcome = Outcome()
+    outcome.counts.update({"steps": summary["steps"], "samples_seen": summary["samples_seen"]})
+    outcome.counts.update({f"skipped.{k}": v for k, v in summary.get("skipped", {}).items()})
+    rel = f"train/{wf.train.name}"
+    outcome.outputs = [f"{rel}/final", f"{rel}/{METRICS}", f"{rel}/loss.png", f"{rel}/{HOLDOUT_FILE}"]
+    finished = time.time()
+    return runner.write_manifest(
+        out, STAGE, wf.train.name, fingerprint=fp, inputs=[s for f in shards.values() for s in f], outcome=outcome,
+        started=started, finished=finished, seconds=round(finished - started, 3), summary=summary,
+    )  # fmt: skip
+
+
+def _failed(out: str, wf, fp: str, error: str, tb: str = "") -> dict:
+    return runner.write_manifest(out, STAGE, wf.train.name, fingerprint=fp, inputs=[], status="failed",
+                                 error=error[:1000], traceback=tb[-5000:])
+
+
+def run(out: str, wf, client=None) -> StageReport:
+    """Train the workflow's `train:` model on `RUN/dataset/...` (the Dask client is not used:
+    training runs under accelerate / torchrun)."""
+    t0 = time.time()
+    cfg = wf.train
+    report = StageReport(stage=STAGE, planned=1)
+    shards, fp = prepare(out, wf)
+    force = bool(getattr(wf.runner, "force", False))
+    done = runner.done_manifest(out, STAGE, cfg.name, fp)
+    tdir = train_dir(out, wf)
+    if done and not force and (tdir / "final").is_dir():
+        report.skipped = 1
+        report.add(done)
+        report.seconds = round(time.time() - t0, 3)
+        return report
+    if force and tdir.exists():
+        shutil.rmtree(tdir)
+    workflow_path = write_run_files(out, wf)
+    progress = bool(getattr(wf.runner, "progress", True))
+    try:
+        if cfg.launch.processes_per_node == 1:
+            train(out, wf, progress=progress)
+            manifest = finish(out, wf, shards, fp, t0)
+        else:
+            rc = subprocess.call(local_command(wf, out, workflow_path, progress=progress))
+            if rc != 0:
+                raise RuntimeError(f"the training processes exited with code {rc} (their messages are above)")
+            manifest = runner.read_manifest(out, STAGE, cfg.name) or {}
+            if manifest.get("fingerprint") != fp or manifest.get("status") != "done":
+                raise RuntimeError("the training processes ended without recording the run as done")
+    except Exception as e:  # noqa: BLE001 - recorded as a failed run, like a failed partition
+        error = f"{type(e).__name__}: {e}"
+        _failed(out, wf, fp, error, traceback.format_exc())
+        report.failed.append({"key": cfg.name, "error": error[:1000]})
+        report.seconds = round(time.time() - t0, 3)
+        return report
+    report.done = 1
+    report.add(manifest)
+    report.kept = Counter()
+    report.seconds = round(time.time() - t0, 3)
+    return report
+
