@@ -98,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .cluster import job_script
 
         console.print(f"workflow {wf.name!r}: stages {', '.join(stages)} -> {out}")
+        from .estimate import dry_run_estimate
+
+        print(dry_run_estimate(wf, stages), file=sys.stderr)  # stderr: stdout stays the job script
         if wf.cluster.kind in ("slurm", "pbs", "kubernetes"):
             print(job_script(wf.cluster))
         return EXIT_OK
