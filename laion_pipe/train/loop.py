@@ -186,6 +186,8 @@ def _save_final(accelerator, comps: Components, unet, ema, tdir: Path) -> Path:
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline.from_pretrained(comps.info["pretrained"], unet=model)
+        # the sampling scheduler must predict what the UNet was trained to predict
+        pipe.scheduler.register_to_config(prediction_type=comps.info["prediction_type"])
         pipe.save_pretrained(tmp)
     else:
         model.save_pretrained(tmp / "unet")

@@ -164,6 +164,8 @@ def load_generator(path: str, device: str = "cpu") -> Generator:
         else:
             unet = UNet2DConditionModel.from_pretrained(str(_unet_folder(p)))
             pipe = StableDiffusionPipeline.from_pretrained(info["pretrained"], unet=unet, **kw)
+            if info.get("prediction_type"):
+                pipe.scheduler.register_to_config(prediction_type=info["prediction_type"])
         pipe = pipe.to(device)
         res = info.get("resolution") or pipe.unet.config.sample_size * pipe.vae_scale_factor
         return Generator("sd", res, pipe=pipe, device=device)
