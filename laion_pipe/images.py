@@ -4,16 +4,22 @@ Every way an image can be refused is a drop reason (schema.DROP_REASONS), checke
 first: byte size, then the header (format, pixel count, sides, aspect ratio: Pillow reads only
 the header at open), and only then the pixels.
 
-Why Pillow decodes: its JPEG draft mode asks libjpeg to decode at 1/2, 1/4 or 1/8 scale (DCT
-scaling), several times cheaper than a full decode when the target is much smaller, and it
-reports truncated or broken data as errors where OpenCV silently returns grey pixels. Draft
-decoding stops at the smallest scale that still covers the target size, so the final resize
-always has work left and the output size never changes.
+Who decodes what, and why:
+- Pillow opens every body: it reads only the header, so the checks above cost no decoding, and it
+  decodes whatever is not a plain colour JPEG (PNG, WebP, greyscale, CMYK, truncated files),
+  reporting truncated or broken data as errors where OpenCV silently returns grey pixels.
+- A colour JPEG that ends with its end-of-image marker (so it is not truncated) is decoded,
+  resized and encoded by OpenCV into and out of one numpy array: img2dataset's own codec
+  calls, with no Pillow <-> numpy copies in between (they cost as much as the resize).
+- Draft decoding (`draft`, on by default) asks libjpeg to decode a JPEG at 1/2, 1/4 or 1/8 scale
+  (DCT scaling), several times cheaper than a full decode when the target is much smaller. It
+  stops at the smallest scale that still covers the target size, so the final resize always has
+  work left and the output size never changes; the pixels differ from a full decode by
+  resampling noise only (tests/test_draft_psnr.py: mean PSNR over 40 dB).
 
 Resizing is img2dataset's: the same sizes, crops and white borders (albumentations' rounding)
 and the same OpenCV filters (INTER_AREA down, Lanczos-4 up), so without draft decoding the
-pixels are img2dataset's exactly, and with it they differ by resampling noise only
-(tests/test_download_images.py checks both).
+pixels are img2dataset's exactly (tests/test_download_images.py checks both).
 """
 from __future__ import annotations
 
@@ -111,6 +117,39 @@ def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> I
     return None
 
 
+def draft_scale(width: int, height: int, spec: ImageSpec) -> int:
+    """The DCT scale denominator (1, 2, 4 or 8) a JPEG of this size is decoded at: the largest
+    whose decoded size still covers the target size (Pillow's `draft` rule); 1 when draft
+    decoding is off or the image is not made smaller."""
+    if not spec.draft or spec.resize_mode == "no":
+        return 1
+    tw, th = target_size(width, height, spec)
+    ratio = min(width // tw, height // th)
+    return next((k for k in (8, 4, 2) if ratio >= k), 1)
+
+
+_CV2_READ = {
+    k: flag | cv2.IMREAD_IGNORE_ORIENTATION  # img2dataset ignores EXIF orientation too
+    for k, flag in {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}.items()
+}
+
+
+def decode_jpeg_bgr(data: bytes, width: int, height: int, scale: int) -> np.ndarray | None:
+    """A complete colour JPEG decoded by OpenCV at 1/`scale` size, as a BGR array; None when
+    this fast path does not apply (no end-of-image marker: possibly truncated, which OpenCV
+    would fill with grey instead of failing) or OpenCV cannot decode it: Pillow then decodes."""
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), _CV2_READ[scale])
+    except cv2.error:
+        return None
+    expected = (-(-height // scale), -(-width // scale))
+    if arr is None or arr.ndim != 3 or arr.shape[:2] != expected:
+        return None
+    return arr
+
+
 def _to_rgb(im: Image.Image) -> Image.Image:
     """Decoded pixels as RGB; transparency is composited on white as img2dataset does."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -126,46 +165,49 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def _cv2_resize(im: Image.Image, size: tuple[int, int], interpolation: int) -> Image.Image:
-    return Image.fromarray(cv2.resize(np.asarray(im), size, interpolation=interpolation))
-
-
-def resize(im: Image.Image, spec: ImageSpec, original: tuple[int, int] | None = None) -> Image.Image:
-    """img2dataset's resize modes on an RGB image. `original` is the (width, height) before any
-    draft reduction: output sizes are computed from it, so decoding at a reduced scale never
-    changes the output size. As in img2dataset, `resize_only_if_bigger` leaves a small image
-    untouched (no crop, no border)."""
-    w, h = im.size
+def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = None) -> np.ndarray:
+    """img2dataset's resize modes on a 3-channel array (RGB or BGR alike). `original` is the
+    (width, height) before any draft reduction: output sizes are computed from it, so decoding
+    at a reduced scale never changes the output size. As in img2dataset, `resize_only_if_bigger`
+    leaves a small image untouched (no crop, no border)."""
+    h, w = arr.shape[:2]
     ow, oh = original or (w, h)
     s = spec.image_size
     if spec.resize_mode == "no":
-        return im
+        return arr
     side = min(ow, oh) if spec.resize_mode in ("keep_ratio", "center_crop") else max(ow, oh)
     if spec.resize_only_if_bigger and side <= s:
-        return im
+        return arr
     nw, nh = target_size(ow, oh, spec)
     if (nw, nh) != (w, h):
         # img2dataset's defaults: INTER_AREA down, Lanczos-4 up.
-        im = _cv2_resize(im, (nw, nh), cv2.INTER_AREA if side > s else cv2.INTER_LANCZOS4)
-    w, h = im.size
+        arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_AREA if side > s else cv2.INTER_LANCZOS4)
+    h, w = arr.shape[:2]
     if spec.resize_mode == "center_crop" and (h > s or w > s):
         x0, y0 = max((w - s) // 2, 0), max((h - s) // 2, 0)
-        im = im.crop((x0, y0, x0 + min(s, w), y0 + min(s, h)))
+        arr = np.ascontiguousarray(arr[y0 : y0 + min(s, h), x0 : x0 + min(s, w)])
     elif spec.resize_mode == "border" and (h < s or w < s):
-        canvas = Image.new("RGB", (max(s, w), max(s, h)), _WHITE)
-        canvas.paste(im, (max(int((s - w) / 2.0), 0), max(int((s - h) / 2.0), 0)))
-        im = canvas
-    return im
+        top, left = max(int((s - h) / 2.0), 0), max(int((s - w) / 2.0), 0)
+        bottom, right = max(s, h) - h - top, max(s, w) - w - left
+        arr = cv2.copyMakeBorder(arr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=_WHITE)
+    return arr
 
 
-def encode(im: Image.Image, spec: ImageSpec) -> bytes:
-    buf = io.BytesIO()
-    fmt = _PIL_ENCODE[spec.encode_format]
-    if fmt == "PNG":
-        im.save(buf, fmt, compress_level=min(spec.encode_quality, 9) if spec.encode_quality <= 9 else 6)
+def encode(arr: np.ndarray, spec: ImageSpec, bgr: bool) -> bytes:
+    """JPEG through OpenCV (img2dataset's encoder, same bytes settings); PNG and WebP through
+    Pillow."""
+    if spec.encode_format == "jpg":
+        ok, buf = cv2.imencode(".jpg", arr if bgr else cv2.cvtColor(arr, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, spec.encode_quality])
+        if not ok:
+            raise ValueError("OpenCV could not encode the image as JPEG")
+        return buf.tobytes()
+    im = Image.fromarray(cv2.cvtColor(arr, cv2.COLOR_BGR2RGB) if bgr else arr)
+    out = io.BytesIO()
+    if spec.encode_format == "png":
+        im.save(out, "PNG", compress_level=min(spec.encode_quality, 9) if spec.encode_quality <= 9 else 6)
     else:
-        im.save(buf, fmt, quality=spec.encode_quality)
-    return buf.getvalue()
+        im.save(out, _PIL_ENCODE[spec.encode_format], quality=spec.encode_quality)
+    return out.getvalue()
 
 
 def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
@@ -183,22 +225,29 @@ def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
         return _refuse("decode_error", "unidentified image data")
     except Exception as e:  # noqa: BLE001 - any parser failure is a decode error
         return _refuse("decode_error", f"{type(e).__name__}: {e}")
+    width, height = im.size
     try:
-        width, height = im.size
         refused = check_header(width, height, im.format, spec)
         if refused is not None:
             return refused
-        if spec.draft and im.format == "JPEG" and spec.resize_mode != "no":
-            # Decode at the smallest DCT scale that still covers the target size.
-            im.draft("RGB", target_size(width, height, spec))
-        im.load()
-        out = resize(_to_rgb(im), spec, (width, height))
+        arr, bgr = None, False
+        if im.format == "JPEG":
+            scale = draft_scale(width, height, spec)
+            if im.mode == "RGB":
+                arr = decode_jpeg_bgr(data, width, height, scale)
+                bgr = arr is not None
+            if arr is None and scale > 1:
+                im.draft("RGB", target_size(width, height, spec))
+        if arr is None:
+            im.load()
+            arr = np.asarray(_to_rgb(im))
+        out = resize(arr, spec, (width, height))
         return ImageResult(
-            data=encode(out, spec), width=out.width, height=out.height, original_width=width, original_height=height
+            data=encode(out, spec, bgr), width=out.shape[1], height=out.shape[0], original_width=width, original_height=height
         )
     except Image.DecompressionBombError as e:
         return _refuse("decompression_bomb", str(e))
     except Exception as e:  # noqa: BLE001 - truncated or corrupt pixel data
-        return _refuse("decode_error", f"{type(e).__name__}: {e}", *im.size)
+        return _refuse("decode_error", f"{type(e).__name__}: {e}", width, height)
     finally:
         im.close()

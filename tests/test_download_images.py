@@ -10,9 +10,8 @@ import io  # noqa: E402
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
-from PIL.JpegImagePlugin import JpegImageFile
 
-from laion_pipe.images import ImageSpec, process_image, target_size
+from laion_pipe.images import ImageSpec, draft_scale, process_image, target_size
 from servers import encode, jpeg, noise_image, png_bomb, truncated_jpeg
 
 
@@ -68,26 +67,49 @@ def test_resize_only_if_bigger_never_upscales():
 
 
 def test_draft_decoding_is_used_and_changes_only_noise(monkeypatch):
+    import laion_pipe.images as images
+
     scales = []
-    original = JpegImageFile.draft
+    original = images.decode_jpeg_bgr
 
-    def spy(self, mode, size):
-        result = original(self, mode, size)
-        scales.append(self.decoderconfig[0] if self.decoderconfig else 1)  # libjpeg's DCT scale denominator
-        return result
+    def spy(data, width, height, scale):
+        arr = original(data, width, height, scale)
+        scales.append(scale)
+        assert arr.shape == (-(-height // scale), -(-width // scale), 3), "the decoder really decodes smaller"
+        return arr
 
-    monkeypatch.setattr(JpegImageFile, "draft", spy)
+    monkeypatch.setattr(images, "decode_jpeg_bgr", spy)
     for i, (w, h) in enumerate([(1600, 1200), (2048, 1536), (1024, 768)]):
         data = jpeg(w, h, seed=10 + i)
         fast = process_image(data, ImageSpec(draft=True, min_bytes=0))
         full = process_image(data, ImageSpec(draft=False, min_bytes=0))
         assert (fast.width, fast.height) == (full.width, full.height)
         assert psnr(decode(fast.data), decode(full.data)) > 38
-    assert sorted(set(scales)) == [2, 4], "1/4 scale for 1600x1200 and 2048x1536, 1/2 for 1024x768"
-    # The decoder really decodes smaller: check the decoded size directly.
+    assert sorted(set(scales)) == [1, 2, 4], "1/4 scale for 1600x1200 and 2048x1536, 1/2 for 1024x768, 1 without draft"
+    # The scale rule is Pillow's draft rule: the decoded size still covers the target.
     im = Image.open(io.BytesIO(jpeg(1600, 1200)))
     im.draft("RGB", target_size(1600, 1200, ImageSpec()))
-    assert im.size == (400, 300)
+    assert im.size == (400, 300) and draft_scale(1600, 1200, ImageSpec()) == 4
+    assert draft_scale(1600, 1200, ImageSpec(draft=False)) == 1
+    assert draft_scale(1600, 1200, ImageSpec(resize_mode="no")) == 1
+    assert draft_scale(5000, 300, ImageSpec()) == 1, "the short side sets the scale"
+
+
+def test_truncated_or_grey_jpegs_take_the_pillow_path(monkeypatch):
+    """OpenCV fills a truncated JPEG with grey instead of failing: only complete colour JPEGs
+    reach it; the rest decode (or fail) in Pillow exactly as before."""
+    import laion_pipe.images as images
+
+    assert images.decode_jpeg_bgr(truncated_jpeg(), 800, 600, 1) is None
+    assert process_image(truncated_jpeg(), ImageSpec()).reason == "decode_error"
+    grey = encode(noise_image(640, 480).convert("L"), "JPEG", quality=95)
+    calls = []
+    monkeypatch.setattr(images, "decode_jpeg_bgr", lambda *a: calls.append(a))
+    res = process_image(grey, ImageSpec(min_bytes=0))
+    assert res.ok and (res.width, res.height) == (341, 256) and calls == []
+    # A trailing byte after the end-of-image marker: not the fast path, still a good image.
+    res = process_image(jpeg(800, 600) + b"\0", ImageSpec(min_bytes=0))
+    assert res.ok and (res.width, res.height) == (341, 256)
 
 
 def test_draft_is_not_used_when_the_target_is_not_smaller():
