@@ -13,10 +13,9 @@ from collections.abc import Iterable
 import dask.bag as db
 
 from .. import fsio
-from ..schema import STAGES, STATE_DIR
+from ..schema import FUNNEL_STAGES, STATE_DIR
 from .model import FunnelStage
 
-FUNNEL_STAGES: tuple[str, ...] = tuple(s for s in STAGES if s != "stats")
 _PER_TASK = 256  # manifests read by one task
 
 
