@@ -52,8 +52,8 @@ class Recipe:
     def reasons(self, subset: str, cols: dict[str, np.ndarray]) -> np.ndarray:
         """Per row: 0 = keep, else 1 + index of the first failed bound in CHECK_ORDER.
 
-        `cols` holds float arrays similarity, punsafe, pwatermark, aesthetic and int arrays
-        width, height (original size). NaN fails any bound that asks for that column."""
+        `cols` holds float arrays similarity, punsafe, pwatermark, aesthetic (compared in their own
+        precision) and width, height (original size). NaN fails any bound that asks for it."""
         n = len(cols["similarity"])
         code = np.zeros(n, dtype=np.int8)
 
@@ -63,9 +63,13 @@ class Recipe:
         strict = set(self.greater_than)
 
         def below(values: np.ndarray, bound: float, name: str) -> np.ndarray:
-            values = np.asarray(values, dtype=np.float64)
-            ok = values > bound if name in strict else values >= bound
+            values, b = _same_precision(values, bound)
+            ok = values > b if name in strict else values >= b
             return ~ok  # NaN compares False -> fails
+
+        def at_least(values: np.ndarray, bound: float) -> np.ndarray:
+            values, b = _same_precision(values, bound)
+            return ~(values < b)  # NaN fails too
 
         sim_min = dict(self.min_similarity)[subset]
         apply(below(cols["similarity"], sim_min, "similarity"), "low_similarity")
@@ -73,12 +77,23 @@ class Recipe:
             small = below(cols["width"], self.min_width, "width") | below(cols["height"], self.min_height, "height")
             apply(small, "side_too_small")
         if self.max_punsafe is not None:
-            apply(~(np.asarray(cols["punsafe"], dtype=np.float64) < self.max_punsafe), "unsafe")
+            apply(at_least(cols["punsafe"], self.max_punsafe), "unsafe")
         if self.max_pwatermark is not None:
-            apply(~(np.asarray(cols["pwatermark"], dtype=np.float64) < self.max_pwatermark), "watermark")
+            apply(at_least(cols["pwatermark"], self.max_pwatermark), "watermark")
         if self.min_aesthetic is not None:
             apply(below(cols["aesthetic"], self.min_aesthetic, "aesthetic"), "low_aesthetic")
         return code
+
+
+def _same_precision(values: np.ndarray, bound: float) -> tuple[np.ndarray, np.floating]:
+    """`values` and `bound` in the values' own float precision. Scores are float32: a pair
+    scored exactly float32(0.26) must pass `>= 0.26`, which it fails once widened to float64
+    (float32(0.26) = 0.2599999904...). Rounding the bound to the scores' precision compares
+    what the score stage could have written. Integer columns (sides) compare as float64 (exact)."""
+    values = np.asarray(values)
+    if values.dtype.kind != "f":
+        values = values.astype(np.float64)
+    return values, values.dtype.type(bound)
 
 
 def count_reasons(codes: np.ndarray) -> Counter:
@@ -135,14 +150,20 @@ def resolve_recipes(cfg: SelectConfig) -> list[Recipe]:
 def score_columns(table: pa.Table) -> dict[str, np.ndarray]:
     """The arrays `Recipe.reasons` reads, from a joined scores + download table."""
 
-    def f(name: str) -> np.ndarray:
+    def score(name: str) -> np.ndarray:
+        """A score column in its own precision (float32 as written), nulls as NaN."""
+        col = table.column(name)
+        dtype = np.float32 if pa.types.is_float32(col.type) else np.float64
+        return col.to_numpy(zero_copy_only=False).astype(dtype)
+
+    def side(name: str) -> np.ndarray:
         return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
     return {
-        "similarity": f("similarity"),
-        "punsafe": f("punsafe"),
-        "pwatermark": f("pwatermark"),
-        "aesthetic": f("aesthetic"),
-        "width": f("original_width"),
-        "height": f("original_height"),
+        "similarity": score("similarity"),
+        "punsafe": score("punsafe"),
+        "pwatermark": score("pwatermark"),
+        "aesthetic": score("aesthetic"),
+        "width": side("original_width"),
+        "height": side("original_height"),
     }

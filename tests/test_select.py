@@ -265,3 +265,65 @@ def test_presets_follow_the_configured_subset_thresholds():
     assert dict(by_name["laion-high-resolution"].min_similarity) == {"en": 0.7, "multi": 0.6, "nolang": 0.5}
     assert by_name["laion-improved-aesthetics"].greater_than == ("aesthetic",)
     assert by_name["laion-aesthetics-v2-5plus"].min_aesthetic == 5.0 and not by_name["laion-aesthetics-v2-5plus"].greater_than
+
+
+def test_bounds_compare_in_the_scores_float32_precision(tmp_path):
+    """A pair scored exactly float32(0.26) passes `>= 0.26` (widened to float64 it is 0.2599999...);
+    the next float32 below fails. Same at values float32 holds exactly (0.25, 0.5) and for the
+    `<` bounds (punsafe, pwatermark)."""
+    f32 = np.float32
+    below = lambda x: float(np.nextafter(f32(x), f32(0)))  # noqa: E731 - the float32 just under x
+    write_scored(tmp_path, "multi", 0, [
+        {"text": "exactly 0.26", "sim": 0.26, "lang": "de"},
+        {"text": "just under 0.26", "sim": below(0.26), "lang": "de"},
+    ])
+    write_scored(tmp_path, "en", 0, [
+        {"text": "exactly 0.28", "sim": 0.28},
+        {"text": "just under 0.28", "sim": below(0.28)},
+        {"text": "punsafe exactly 0.5", "sim": 0.3, "punsafe": 0.5},
+        {"text": "punsafe just under 0.5", "sim": 0.3, "punsafe": below(0.5)},
+        {"text": "pwatermark exactly 0.26", "sim": 0.3, "pwatermark": 0.26},
+        {"text": "pwatermark just under 0.26", "sim": 0.3, "pwatermark": below(0.26)},
+    ])
+    run_all(tmp_path, wf_of(max_punsafe=0.5, max_pwatermark=0.26))
+    assert read_dataset(tmp_path, "multi")[0]["TEXT"].to_pylist() == ["exactly 0.26"]
+    assert sorted(read_dataset(tmp_path, "en")[0]["TEXT"].to_pylist()) == [
+        "exactly 0.28", "punsafe just under 0.5", "pwatermark just under 0.26"]
+    # the same on arrays, at a bound float32 holds exactly
+    (en,) = [r for r in resolve_recipes(workflow_from_dict({"select": {"similarity": {"en": 0.25, "multi": 0.26, "nolang": 0.26}}}).select) if r.name == "en"]
+    cols = {"similarity": np.array([0.25, below(0.25)], np.float32), "punsafe": np.zeros(2, np.float32),
+            "pwatermark": np.zeros(2, np.float32), "aesthetic": np.zeros(2, np.float32),
+            "width": np.full(2, 10.0), "height": np.full(2, 10.0)}
+    assert en.reasons("en", cols).tolist() == [0, 1]
+
+
+def test_sample_json_carries_img2dataset_keys_and_a_script_style_filter_agrees_with_the_parquet(tmp_path):
+    """A filter written the way public training scripts write it (keys read from each sample's
+    `.json` with defaults) keeps exactly the samples the parquet says it should."""
+    write_scored(tmp_path, "en", 0, [
+        {"text": "big clean", "sim": 0.35, "size": (1024, 768), "pwatermark": 0.1},
+        {"text": "big watermarked", "sim": 0.35, "size": (1024, 768), "pwatermark": 0.9},
+        {"text": "small clean", "sim": 0.35, "size": (200, 150), "pwatermark": 0.1},
+        {"text": "tall narrow", "sim": 0.35, "size": (255, 900), "pwatermark": 0.2},
+        {"text": "no watermark score", "sim": 0.35, "size": (512, 512), "pwatermark": NAN},
+    ])
+    run_all(tmp_path, wf_of())
+    table, members = read_dataset(tmp_path, "en")
+    src = {r["url"]: r for r in pq.read_table(tmp_path / "images/en/00000.parquet").to_pylist()}
+    for key, m in members.items():
+        doc = orjson.loads(m["json"])
+        s = src[doc["URL"]]
+        assert doc["url"] == doc["URL"] and doc["caption"] == doc["TEXT"] == m["txt"].decode() and doc["key"] == key
+        for k in ("status", "width", "height", "original_width", "original_height", "sha256"):
+            assert doc[k] == s[k], k
+        assert {"similarity", "hash", "punsafe", "pwatermark", "LANGUAGE", "aesthetic", "WIDTH", "HEIGHT"} <= set(doc)
+
+    def script_filter(doc: dict) -> bool:
+        return doc.get("original_width", 0) >= 256 and (doc.get("pwatermark") if doc.get("pwatermark") is not None else 1.0) <= 0.5
+
+    by_json = sorted(k for k, m in members.items() if script_filter(orjson.loads(m["json"])))
+    rows = table.to_pylist()
+    by_parquet = sorted(r["key"] for r in rows if r["WIDTH"] >= 256 and r["pwatermark"] is not None
+                        and not np.isnan(r["pwatermark"]) and r["pwatermark"] <= 0.5)
+    assert by_json == by_parquet
+    assert sorted(r["TEXT"] for r in rows if r["key"] in by_json) == ["big clean"]

@@ -4,7 +4,8 @@ For every recipe (`laion_pipe.recipes`: the three language subsets, shipped pres
 recipes) the kept pairs of its subsets, in input order, are cut into output shards of
 `select.samples_per_shard`: `dataset/{recipe}/NNNNN.tar` (members `{key}.jpg/.txt/.json`, image
 bytes copied as downloaded) and `NNNNN.parquet` in DATASET_SCHEMA (LAION-5B's columns, then
-`aesthetic, key, uid, subset`). Output keys are img2dataset-style (output shard number, then the
+`aesthetic, key, uid, subset`); a sample's `.json` holds that row plus img2dataset's keys
+(`sample_json`). Output keys are img2dataset-style (output shard number, then the
 index within it): a recipe drawing from several subsets would otherwise repeat input keys.
 
 Planning counts the kept pairs of every input shard first (a cheap pass over two small parquet
@@ -43,7 +44,12 @@ from ..schema import DATASET_SCHEMA, STATUS_OK, SUBSETS
 NAME = "select"
 VERSION = 1
 
-DOWNLOAD_COLUMNS = ["key", "url", "text", "language", "original_width", "original_height"]
+DOWNLOAD_COLUMNS = ["key", "url", "text", "language", "status", "width", "height", "original_width", "original_height", "sha256"]
+
+SAMPLE_JSON_DOWNLOAD_KEYS: tuple[str, ...] = ("status", "width", "height", "original_width", "original_height", "sha256")
+"""img2dataset's per-sample keys a sample's `.json` carries from the download stage, next to
+`url, caption, key` and LAION-5B's columns: training scripts written for img2dataset output
+filter on them (`json.get("original_width", 0) >= 256`)."""
 
 
 def laion_hash(url: str, text: str) -> int:
@@ -266,6 +272,18 @@ def _json_safe(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
+def sample_json(row: dict, download: dict) -> dict:
+    """A dataset sample's `.json`: its parquet row (LAION-5B's columns, then ours) plus
+    img2dataset's keys (`url, caption, key, status, width, height, original_width,
+    original_height, sha256`, where the download stage recorded them)."""
+    doc = dict(row)
+    doc.update(url=row["URL"], caption=row["TEXT"], key=row["key"])
+    for k in SAMPLE_JSON_DOWNLOAD_KEYS:
+        if download.get(k) is not None:
+            doc[k] = download[k]
+    return _json_safe(doc)
+
+
 def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np.ndarray], index: int, first: int,
                 digits: int, recipe: Recipe, outcome: Outcome, out: str) -> tuple[list[dict], int]:
     """Write kept pairs [start, stop) of one input shard into the output tar; their rows, and
@@ -278,8 +296,9 @@ def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np
     rows: list[dict] = []
     for in_key, ext, data in _images(_parse_shard(name, out).tar, set(by_key)):
         key = f"{index:05d}{first + place[in_key]:0{digits}d}"
-        row = _dataset_row(by_key.pop(in_key), subset, key)
-        tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": orjson.dumps(_json_safe(row))})
+        source = by_key.pop(in_key)
+        row = _dataset_row(source, subset, key)
+        tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": orjson.dumps(sample_json(row, source))})
         rows.append(row)
     if recipe.funnel:
         outcome.kept[subset] += len(rows)
