@@ -1,6 +1,7 @@
 """Download stage vs img2dataset on the same loopback image server, same settings.
 
     python benchmarks/bench_download.py                 # 10,000 URLs, 2 processes
+    python benchmarks/bench_download.py --repeat 3 --record   # best of 3; CPU cost to laion_pipe/unit_costs.json
     python benchmarks/bench_download.py --clients       # HTTP clients only: aiohttp vs httpx, urllib3, urllib
 
 One image server (nginx when installed, else laion_pipe.demo.imageserver in a thread) serves
@@ -18,6 +19,14 @@ images over the whole command's wall time, start-up included) and the peak memor
 command's process tree (sum of PSS, so shared pages are not counted twice), and as its last
 line `ratio: <ours images/s / img2dataset images/s>` (with `--repeat N`, of each side's best
 run: on a shared machine, other work slows whichever side it overlaps).
+
+Draft decoding: our default decodes JPEGs at 1/2-1/8 scale when the target is that much smaller
+(equivalent output: tests/test_draft_psnr.py, mean PSNR over 40 dB against full decodes), while
+img2dataset always decodes at full size. So the same run also times our command with
+`download.draft=false` (full decodes, img2dataset's exact pixels) and prints that ratio on the
+line before the last (`--no-full-decode` skips it). Each run also prints the CPU seconds of the
+command's process tree and the load average around it: on a shared machine, images/s moves with
+the other work, CPU per image much less.
 """
 from __future__ import annotations
 
@@ -307,6 +316,10 @@ def main() -> int:
                     help="extra workflow override for our side, e.g. download.decode_threads=1 (repeatable)")
     ap.add_argument("--only", choices=["img2dataset", "ours"], help="run one side only (no ratio)")
     ap.add_argument("--repeat", type=int, default=1, help="run both sides this many times, alternating; the ratio uses each side's best run")
+    ap.add_argument("--no-full-decode", action="store_true", help="do not also time our command with download.draft=false")
+    ap.add_argument("--record", action="store_true",
+                    help="write our command's CPU core-seconds per 1000 images (download + resize, whole command) to "
+                         "laion_pipe/unit_costs.json as download.core_seconds_per_thousand_images")
     args = ap.parse_args()
 
     cache = Path(args.cache)
@@ -375,20 +388,26 @@ def main() -> int:
                 "--set", "cluster.processes=true", "--set", "runner.progress=false",
                 *[x for o in args.overrides for x in ("--set", o)],
             ]
-            results = {}
+            ours = "laion-pipe download"
+            full = "  ... draft=false"
+            ours_out = (str(run_dir / "images" / "en" / "*_stats.json"), run_dir / "images")
             sides = [
                 ("img2dataset", i2d_cmd, str(i2d_out / "*_stats.json"), i2d_out),
-                ("laion-pipe download", our_cmd, str(run_dir / "images" / "en" / "*_stats.json"), run_dir / "images"),
+                (ours, our_cmd, *ours_out),
             ]
+            if not args.no_full_decode:
+                sides.append((full, [*our_cmd, "--set", "download.draft=false"], *ours_out))
             if args.only:
                 sides = [s for s in sides if s[0].startswith("img2dataset" if args.only == "img2dataset" else "laion")]
             best: dict[str, float] = {}
             peaks: dict[str, int] = {}
+            cpu_per_image: dict[str, float] = {}
             for attempt in range(args.repeat):  # sides alternate, so load changes hit both alike
-                for name, cmd, stats_glob, out_dir in sides:
+                for side, (name, cmd, stats_glob, out_dir) in enumerate(sides):
                     shutil.rmtree(out_dir, ignore_errors=True)
                     shutil.rmtree(run_dir / "_state", ignore_errors=True)
-                    log = work / f"{name.split()[0]}.log"
+                    log = work / f"side{side}.log"
+                    load_before = os.getloadavg()[0]
                     wall, peak, rc, cpu = run_measured(cmd, env, log)
                     ok, count = successes(stats_glob)
                     if rc != 0 or ok == 0:
@@ -396,16 +415,39 @@ def main() -> int:
                         raise SystemExit(f"{name} failed (exit {rc}, {ok} images)")
                     best[name] = max(best.get(name, 0.0), ok / wall)
                     peaks[name] = max(peaks.get(name, 0), peak)
+                    cpu_per_image[name] = min(cpu_per_image.get(name, math.inf), cpu / ok)
                     print(
                         f"{name:22s} {ok:6d}/{count} images in {wall:6.1f} s = {ok / wall:7.1f} images/s, "
-                        f"peak memory {peak / 2**20:7.0f} MiB, CPU {cpu:6.1f} s ({cpu / max(ok, 1) * 1000:.1f} ms/image)"
+                        f"peak memory {peak / 2**20:7.0f} MiB, CPU {cpu:6.1f} s ({cpu / max(ok, 1) * 1000:.1f} ms/image), "
+                        f"load {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
                         + (f"  [run {attempt + 1}/{args.repeat}]" if args.repeat > 1 else "")
                     )
-            if args.repeat > 1:
-                for name in best:
-                    print(f"{name:22s} best {best[name]:7.1f} images/s, peak memory {peaks[name] / 2**20:7.0f} MiB")
-            if len(best) == 2:
-                print(f"ratio: {best['laion-pipe download'] / best['img2dataset']:.2f}")
+            print(f"load average over the {os.cpu_count()} cores at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+            for name in best:
+                print(
+                    f"{name:22s} best {best[name]:7.1f} images/s, peak memory {peaks[name] / 2**20:7.0f} MiB, "
+                    f"least CPU {cpu_per_image[name] * 1000:.2f} ms/image"
+                )
+            if args.record and ours in cpu_per_image:
+                from laion_pipe.costs import measured_source, record_unit_cost
+
+                record_unit_cost(
+                    "download.core_seconds_per_thousand_images", cpu_per_image[ours] * 1000, "core-s per 1000 images",
+                    measured_source(
+                        f"benchmarks/bench_download.py --urls {args.urls} --images {args.images} --processes {args.processes} "
+                        f"--threads {args.threads} --repeat {args.repeat} --record",
+                        f"CPU seconds (user + sys) of the whole `laion-pipe download` process tree (Dask start-up, download, "
+                        f"decode with draft, resize to 256 keep_ratio, JPEG q95, tar/parquet writing) per 1000 successful images "
+                        f"from a loopback {server_name} server, least of {args.repeat} run(s)",
+                    ),
+                )
+                print(f"recorded download.core_seconds_per_thousand_images = {cpu_per_image[ours] * 1000:.2f} in laion_pipe/unit_costs.json")
+            if "img2dataset" in best and ours in best:
+                print(f"CPU per image, img2dataset / ours: {cpu_per_image['img2dataset'] / cpu_per_image[ours]:.2f}")
+                print(f"peak memory, ours / img2dataset: {peaks[ours] / peaks['img2dataset']:.2f}")
+                if full in best:
+                    print(f"ratio with download.draft=false (full decodes, like img2dataset): {best[full] / best['img2dataset']:.2f}")
+                print(f"ratio: {best[ours] / best['img2dataset']:.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
