@@ -2,17 +2,26 @@
 
     python benchmarks/bench_stats.py [--rows 1500000] [--files 12]
 
-Baseline "pandas in one process": read the needed columns of every metadata file of a subset
-into one DataFrame on the driver and compute the same table values and top domains with pandas (what one writes without
-the stage; it needs the whole dataset in the driver's memory). Ours: `laion_pipe.stats.compute`
-on a LocalCluster (2 worker processes): Dask sums per partition, nothing but the results reach
-the driver. Both produce the same table (checked). Prints rows/s and the driver's peak RSS growth
-of each, then `ratio: ours rows/s / baseline rows/s` (higher is better).
+Baseline "pandas": read the needed columns of every metadata file of a subset into one
+DataFrame and compute the same table values and top domains with pandas (what one writes without
+the stage; it needs a whole subset in one process's memory). Ours: `laion_pipe.stats.compute` on
+a LocalCluster of 2 worker processes: Dask sums per partition, nothing but the results reach the
+driver. Both produce the same table (checked).
+
+Same number of processes on both sides: the baseline runs one subset per process in a pool of
+`--processes` (default 2, the Dask side's worker count; the 3 subsets are equal in size, so 2
+processes do 2 then 1). `--processes 1` gives the single-process baseline (in one pool process
+too, so its memory is measured the same way). Prints rows/s and
+memory of each (baseline: peak RSS of its largest process; ours: the driver's peak RSS growth),
+then `ratio: ours rows/s / baseline rows/s` (higher is better).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
+import multiprocessing as mp
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -59,24 +68,39 @@ def make_run(root: Path, rows: int, files: int, seed: int = 0) -> None:
             pq.write_table(table, d / f"{f:05d}.parquet", row_group_size=100_000)
 
 
-def pandas_baseline(root: Path, cfg: StatsConfig) -> dict[str, dict]:
-    """The table computed by loading each subset whole into one pandas DataFrame."""
-    out = {}
-    for subset in SUBSETS:
-        df = pd.read_parquet(root / "dataset" / subset, columns=["URL", "TEXT", "WIDTH", "HEIGHT", "punsafe", "pwatermark"])
-        w, h = df["WIDTH"], df["HEIGHT"]
-        ps = df["punsafe"].dropna()
-        pw = df["pwatermark"].dropna()
-        out[subset] = {
-            "count": len(df),
-            **{f"gt{n}": int(((w >= n) & (h >= n)).sum()) for n in (256, 512, 1024)},
-            "nsfw_pct": round(100 * float((ps > np.float32(cfg.nsfw_threshold)).mean()), 4),
-            "watermark_pct": round(100 * float((pw > np.float32(cfg.watermark_threshold)).mean()), 4),
-            "avg_text_len": round(float(df["TEXT"].str.len().mean()), 4),
-            "top_domain": domains(df["URL"]).value_counts().index[0],
-        }
-        del df
-    return out
+def pandas_subset(root: Path, subset: str, cfg: StatsConfig) -> tuple[dict, int]:
+    """One subset's table values, computed by loading it whole into one pandas DataFrame, and
+    this process's peak RSS in bytes."""
+    df = pd.read_parquet(root / "dataset" / subset, columns=["URL", "TEXT", "WIDTH", "HEIGHT", "punsafe", "pwatermark"])
+    w, h = df["WIDTH"], df["HEIGHT"]
+    ps = df["punsafe"].dropna()
+    pw = df["pwatermark"].dropna()
+    row = {
+        "count": len(df),
+        **{f"gt{n}": int(((w >= n) & (h >= n)).sum()) for n in (256, 512, 1024)},
+        "nsfw_pct": round(100 * float((ps > np.float32(cfg.nsfw_threshold)).mean()), 4),
+        "watermark_pct": round(100 * float((pw > np.float32(cfg.watermark_threshold)).mean()), 4),
+        "avg_text_len": round(float(df["TEXT"].str.len().mean()), 4),
+        "top_domain": domains(df["URL"]).value_counts().index[0],
+    }
+    return row, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _warm(_: int) -> None:
+    time.sleep(0.2)  # so each pool process gets one: all started and importing before the clock starts
+
+
+def pandas_baseline(root: Path, cfg: StatsConfig, processes: int) -> tuple[dict[str, dict], int, float]:
+    """The table, one subset per process in a pool of `processes`, the largest peak RSS of a
+    process that did the work (bytes) and the seconds it took. The pool is started before the
+    clock starts, as the Dask side's workers are."""
+    # spawn: a fresh interpreter per process, so its peak RSS is its own work's
+    with cf.ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(_warm, range(processes)))
+        t = time.perf_counter()
+        rows = dict(zip(SUBSETS, pool.map(pandas_subset, [root] * len(SUBSETS), SUBSETS, [cfg] * len(SUBSETS))))
+        seconds = time.perf_counter() - t
+    return {s: r for s, (r, _) in rows.items()}, max(peak for _, peak in rows.values()), seconds
 
 
 class PeakRSS:
@@ -107,6 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_500_000, help="pairs per subset")
     ap.add_argument("--files", type=int, default=12, help="parquet files per subset")
+    ap.add_argument("--processes", type=int, default=2, help="baseline processes (ours: 2 Dask worker processes)")
     args = ap.parse_args()
     from distributed import Client, LocalCluster
 
@@ -118,12 +143,9 @@ def main() -> None:
         print(f"generated {total:,} pairs in {args.files * len(SUBSETS)} files ({time.perf_counter() - t:.1f} s)")
         cfg = StatsConfig()
 
-        with PeakRSS() as mem_base:
-            t = time.perf_counter()
-            base = pandas_baseline(tmp / "run", cfg)
-            t_base = time.perf_counter() - t
-        print(f"baseline pandas in one process: {t_base:.2f} s, {total / t_base:,.0f} rows/s, "
-              f"driver RSS +{mem_base.grown_mib:,.0f} MiB")
+        base, base_peak, t_base = pandas_baseline(tmp / "run", cfg, args.processes)
+        print(f"baseline pandas, one subset per process, {args.processes} process(es): {t_base:.2f} s, "
+              f"{total / t_base:,.0f} rows/s, peak RSS of its largest process {base_peak / 2**20:,.0f} MiB")
 
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                           memory_limit="4GB") as cluster, Client(cluster) as client:
