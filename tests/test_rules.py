@@ -162,3 +162,45 @@ def test_clean_text_invariants(s, max_chars):
     assert len(out) <= max_chars
     assert out == out.strip() and "  " not in out
     assert not any(c in out for c in "\t\n\r\x00\x07\x1b\x0b\x0c\u200b\ufeff")
+
+
+# ---------------------------------------------------------------------------------------------
+# `is_bad` is skipped for texts without any character its expression needs: never for one it
+# would call bad.
+
+from ftfy.badness import MOJIBAKE_CATEGORIES, is_bad  # noqa: E402
+
+
+def _category_chars() -> list[str]:
+    out: set[str] = set()
+    for body in MOJIBAKE_CATEGORIES.values():
+        i = 0
+        while i < len(body):
+            if i + 2 < len(body) and body[i + 1] == "-":
+                out.update(map(chr, range(ord(body[i]), ord(body[i + 2]) + 1)))
+                i += 3
+            else:
+                out.add(body[i])
+                i += 1
+    return sorted(out)
+
+
+_POOL = _category_chars() + list("ÂÃÎÐØÙàŒœ°²³×√±∂†≠®™´≤≥¥µø≈¢‚Äìîïòôúùûπâóäêβ€™Άā вЂГўВ.aZ ,?!")
+
+
+def test_mojibake_hint_was_derived():
+    assert rules._MOJIBAKE_HINT is not None
+    assert not rules._MOJIBAKE_HINT.search("日本語の文章 中文汉字 한국어 Привет мир Καλημέρα κόσμε")
+
+
+def test_mojibake_hint_covers_every_bad_pair():
+    hint = rules._MOJIBAKE_HINT
+    misses = [a + b for a in _POOL for b in _POOL if is_bad(a + b) and not hint.search(a + b)]
+    assert not misses
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.lists(st.sampled_from(_POOL), min_size=1, max_size=6).map("".join), _ANY, st.text(max_size=20)))
+def test_mojibake_hint_covers_every_bad_text(s):
+    if is_bad(s):
+        assert rules._MOJIBAKE_HINT.search(s)

@@ -18,12 +18,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from warcio.archiveiterator import ArchiveIterator
-from warcio.exceptions import ArchiveLoadFailed
-
 NAME = "warcio"
 _WANTED = ("metadata", "response")
-_ERRORS = (ArchiveLoadFailed, OSError, ValueError, EOFError, UnicodeError, zlib.error)
+
+
+def _warcio():
+    """warcio's iterator and the errors it raises, imported on first need: most files never do."""
+    from warcio.archiveiterator import ArchiveIterator
+    from warcio.exceptions import ArchiveLoadFailed
+
+    return ArchiveIterator, (ArchiveLoadFailed, OSError, ValueError, EOFError, UnicodeError, zlib.error)
 
 
 @dataclass
@@ -54,6 +58,7 @@ def probe(f: IO[bytes], pos: int, compressed: bool) -> str | None:
     """Why warcio can read the whole record at `pos` where fastwarc could not, or None when it
     cannot either (a damaged record). The file position is restored, so a running fastwarc
     iterator over `f` is not disturbed."""
+    ArchiveIterator, errors = _warcio()
     saved = f.tell()
     try:
         f.seek(pos)
@@ -73,7 +78,7 @@ def probe(f: IO[bytes], pos: int, compressed: bool) -> str | None:
         if not first_line.endswith(b"\r"):
             return "WARC header lines end in LF, not CRLF"
         return "fastwarc cannot parse the record header"
-    except _ERRORS:
+    except errors:
         return None
     finally:
         f.seek(saved)
@@ -105,6 +110,7 @@ def records(
 ) -> Iterator:
     """Metadata and response records from `start` on, read with warcio; the same items and the
     same reports as the fast reader. Stops at the first error, noted in `seg.failure`."""
+    ArchiveIterator, errors = _warcio()
     f.seek(start)
     it = ArchiveIterator(f)
     try:
@@ -142,5 +148,5 @@ def records(
                 http_charset=http_cs,
             )
             seg.done = off
-    except _ERRORS as e:
+    except errors as e:
         seg.failure = f"{type(e).__name__}: {e}"

@@ -132,8 +132,9 @@ def page_from_wat(payload: bytes, target_uri: str | None, offset: int) -> PageIm
     head = meta.Head
     base = first_str(head.Base) if head is not None else None
     license = None
-    if _CC_MARK in payload:
-        license = _license([(link.path, link.url) for link in (*links, *(head.Link if head is not None else ()))])
+    if _CC_MARK in payload:  # only the links whose url names a licence are looked at closely
+        license = _license([(link.path, link.url) for link in (*links, *(head.Link if head is not None else ()))
+                            if link.url and CC_LICENSE_PART in link.url])
     warnings = [("bad_link", f"{bad} IMG link(s) without a string url/alt")] if bad else []
     return PageImages(page_url=target_uri, base=_unescape(base) if base else None, images=images,
                       license=license, offset=offset, warnings=warnings)

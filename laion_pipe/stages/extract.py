@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from contextlib import ExitStack
+from functools import lru_cache
 
 import mmh3
 import pyarrow as pa
@@ -89,6 +90,13 @@ def plan(out: str, wf) -> list[Partition]:
     ]
 
 
+@lru_cache(maxsize=4)
+def _language_id(model_path: str | None, threshold: float, english: tuple[str, ...]) -> LanguageID:
+    """One LanguageID per worker process and setting: its cache of recent texts' languages
+    (site furniture, captions reused across pages) serves every file the worker extracts."""
+    return LanguageID(model_path=model_path, threshold=threshold, english=english)
+
+
 class _Batch:
     """Kept pairs waiting for language ID, as columns."""
 
@@ -137,7 +145,7 @@ def process(part: Partition, out: str, wf) -> Outcome:
     """Extract one file's pairs into the three subset parquets (always all three, maybe empty)."""
     cfg = wf.extract
     rules = PairRules.from_config(cfg)
-    lid = LanguageID.from_config(cfg.language)
+    lid = _language_id(cfg.language.model_path, cfg.language.threshold, tuple(cfg.language.english))
     outcome = Outcome(max_errors=wf.runner.max_errors_kept)
     counts = outcome.counts
     path = part.inputs[0]
