@@ -54,7 +54,7 @@ def _stage_inputs(args: argparse.Namespace, row) -> tuple[list[str], dict]:
 def cmd_stage(args: argparse.Namespace) -> int:
     """`laion-pipe STAGE --out DIR ...`: one stage of the table, with the run's saved workflow."""
     from .cluster import open_client
-    from .pipeline import resolve_workflow, run_stages, stage
+    from .pipeline import check_inputs, resolve_workflow, run_stages, stage
     from .report_cli import print_stage_report
 
     row = stage(args.stage)
@@ -62,6 +62,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     wf, out = resolve_workflow(args.workflow, args.out, [*extra, *args.overrides])
     wf.runner.progress = wf.runner.progress and not args.no_progress
     wf.runner.force = args.force
+    check_inputs(out, [row.name])  # before a cluster starts
     with open_client(wf.cluster) if row.dask else contextlib.nullcontext() as client:
         reports = run_stages(wf, out, [row.name], client, on_report=print_stage_report, **{row.name: kwargs})
     return EXIT_INCOMPLETE if any(r.failed for r in reports) else EXIT_OK
@@ -87,7 +88,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .cluster import open_client
-    from .pipeline import parse_stages, resolve_workflow, run_stages
+    from .pipeline import check_inputs, parse_stages, resolve_workflow, run_stages
     from .report_cli import print_run_summary, print_stage_report
 
     wf, out = resolve_workflow(args.workflow_file, args.out, args.overrides)
@@ -104,6 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if wf.cluster.kind in ("slurm", "pbs", "kubernetes"):
             print(job_script(wf.cluster))
         return EXIT_OK
+    check_inputs(out, stages)  # before a cluster starts
     with open_client(wf.cluster) as client:
         console.print(f"workflow {wf.name!r} -> {out}; dask dashboard: {client.dashboard_link}")
         reports = run_stages(wf, out, stages, client, on_report=print_stage_report)

@@ -88,6 +88,26 @@ def parse_stages(spec: str | None) -> list[str]:
     return [n for n in order if n in named]
 
 
+def stage_has_run(out: str, name: str) -> bool:
+    """Whether stage `name` left anything in run directory `out`: its state or its output folder."""
+    return fsio.exists(fsio.join(out, STATE_DIR, name)) or fsio.exists(fsio.join(out, stage(name).out_dir))
+
+
+def check_inputs(out: str, stages: Sequence[str]) -> None:
+    """Every named stage whose input stage is not also named must find that stage's outputs in
+    `out`; else a ConfigError that says what was looked for (a mistyped directory is never
+    created, and a stage is never run on nothing)."""
+    named = set(stages)
+    for name in stages:
+        row = stage(name)
+        if row.after and row.after not in named and not stage_has_run(out, row.after):
+            before = stage(row.after)
+            raise ConfigError(
+                f"{name}: nothing from the {before.name} stage in {out} (looked for {before.out_dir}/ and "
+                f"{STATE_DIR}/{before.name}/); run `laion-pipe {before.name} --out {out}` first, or check the directory"
+            )
+
+
 def run_stages(
     wf: Workflow,
     out: str,
@@ -102,8 +122,10 @@ def run_stages(
     partitions does not stop the run: later stages work on what succeeded, every other partition
     completes, and the reports say the run is incomplete. Rerunning after the cause is fixed
     redoes the failed partitions, and the later stages' fingerprints see their new input and redo
-    what it changes."""
+    what it changes. A stage whose input stage is neither named nor found in `out` is a
+    ConfigError before any work (`check_inputs`)."""
     rows = [stage(name) for name in stages]  # every name checked before any work
+    check_inputs(out, stages)
     save_workflow(out, wf)
     reports = []
     for row in rows:

@@ -75,7 +75,12 @@ def _stage_names(out: str) -> list[str]:
 
 
 def print_status(out: str, as_json: bool = False) -> int:
-    """Print done / failed / pending per stage; exit code 1 when anything failed or is pending."""
+    """Print done / failed / pending per stage; exit code 1 when anything failed or is pending,
+    2 when `out` is not a run directory (it has no `_state/`)."""
+    if not fsio.exists(fsio.join(out, STATE_DIR)):
+        what = "does not exist" if not fsio.exists(out) else f"has no {STATE_DIR}/ (the state every stage writes)"
+        console.print(f"[red]error:[/red] {out} is not a run directory: it {what}")
+        return 2
     result = {}
     for stage in _stage_names(out):
         st = stage_status(out, stage)

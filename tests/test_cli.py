@@ -145,3 +145,38 @@ def test_stats_on_many_files_and_on_a_quoted_glob(tmp_path, capsys):
     assert main(["stats", str(tmp_path / "laion" / "*.parquet"), "--subset", "multi", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["count"] == 2 * len(MULTI)
     assert main(["stats", str(tmp_path / "nothing" / "*.parquet")]) == 2
+
+
+def _user_runs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "laion_pipe", *args], capture_output=True, text=True, timeout=120, env=ENV)
+
+
+@pytest.mark.parametrize(("cmd", "looked_for"), [("dedup", "candidates/"), ("score", "images/"), ("select", "scores/")])
+def test_a_stage_on_a_directory_where_its_input_stage_never_ran(tmp_path, cmd, looked_for):
+    """Not "0 partitions" and exit 0: exit 2, what was looked for, and the mistyped directory is
+    not created (nor an existing empty one filled with `_state/`)."""
+    typo = tmp_path / "rnu"
+    r = _user_runs(cmd, "--out", str(typo), "--no-progress")
+    assert r.returncode == 2, r.stderr
+    assert looked_for in r.stderr and "Traceback" not in r.stderr
+    assert not typo.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _user_runs(cmd, "--out", str(empty)).returncode == 2 and list(empty.iterdir()) == []
+
+
+def test_status_on_what_is_not_a_run_directory(tmp_path):
+    r = _user_runs("status", str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and "not a run directory" in r.stderr and "does not exist" in r.stderr
+    assert not (tmp_path / "nowhere").exists()
+    r = _user_runs("status", str(tmp_path))
+    assert r.returncode == 2 and "_state/" in r.stderr
+
+
+@pytest.mark.parametrize("spec", ["bogus:", "select:extract"])
+def test_run_with_a_bad_stages_range_is_a_usage_error(tmp_path, spec):
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: t\n")
+    r = _user_runs("run", str(wf), "--out", str(tmp_path / "run"), "--stages", spec)
+    assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

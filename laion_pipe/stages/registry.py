@@ -62,7 +62,7 @@ class Option:
 @dataclass(frozen=True)
 class Stage:
     """One stage: its name, where its code is, where its outputs go, what it takes part in, and
-    its subcommand's help. `cli=False` when the stage brings its own subcommand (stats reads
+    its subcommand's help. `after` names the stage whose outputs it reads. `cli=False` when the stage brings its own subcommand (stats reads
     parquet files too, not only a run directory). `dask=False` for a stage that does not use the
     Dask client (training under accelerate): its own subcommand starts no cluster and passes
     `client=None`; inside `laion-pipe run` it gets the run's client and ignores it."""
@@ -77,6 +77,9 @@ class Stage:
     options: tuple[Option, ...] = ()
     cli: bool = True
     dask: bool = True
+    after: str | None = None
+    """The stage whose outputs this one reads. Run without it on a run directory where it never
+    ran, the stage is a usage error that names what it looked for (not "0 partitions")."""
 
     def load(self) -> Callable[..., Any]:
         """The stage's `run` function (imports its module now, not before)."""
@@ -106,6 +109,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage(
         name="dedup",
         entry="laion_pipe.stages.dedup:run",
+        after="extract",
         out_dir="unique",
         curation=True,
         funnel=True,
@@ -116,6 +120,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage(
         name="download",
         entry="laion_pipe.stages.download:run",
+        after="dedup",
         out_dir="images",
         curation=True,
         funnel=True,
@@ -131,6 +136,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage(
         name="score",
         entry="laion_pipe.stages.score:run",
+        after="download",
         out_dir="scores",
         curation=True,
         funnel=True,
@@ -141,6 +147,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage(
         name="select",
         entry="laion_pipe.stages.select:run",
+        after="score",
         out_dir="dataset",
         curation=True,
         funnel=True,
