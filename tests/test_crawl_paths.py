@@ -191,3 +191,13 @@ def test_cli_crawl_id_unreachable_makes_no_run_directory(tmp_path):
     proc, _, _ = _run_cli_against("dns", out)
     assert proc.returncode == 2, proc.stderr
     assert not out.exists(), f"a run directory was made before the inputs were known: {sorted(out.rglob('*'))}"
+
+
+def test_extract_check_resolves_inputs_before_any_work(tmp_path):
+    rels = _fake_crawl(tmp_path / "mirror", n_files=5)
+    wf = workflow_from_dict({"inputs": [CRAWL], "extract": {"max_files": 3, "crawl_base_url": str(tmp_path / "mirror")}})
+    assert extract.check(wf) == 3 and len(rels) == 5
+    with _unreachable("refused") as (base, cause):
+        wf = workflow_from_dict({"inputs": [CRAWL], "extract": {"crawl_base_url": base}})
+        with pytest.raises(ConfigError, match=cause):
+            extract.check(wf)

@@ -69,11 +69,13 @@ def _file_identity(path: str) -> str:
         return f"unavailable: {type(e).__name__}: {e}"
 
 
-def check(wf) -> None:
+def check(wf) -> int:
     """Resolve the inputs before any work (no cluster, no run directory yet): an unreadable
     crawl listing or a glob that matches nothing raises `ConfigError`, which the CLI reports in
-    one line with exit code 2. A crawl listing read here is not read again by `plan`."""
-    resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url)
+    one line with exit code 2. Returns the number of partitions `plan` will make (one per
+    file), so a local cluster need not start more workers than there are tasks. A crawl
+    listing read here is not read again by `plan`."""
+    return len(resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url))
 
 
 def plan(out: str, wf) -> list[Partition]:
