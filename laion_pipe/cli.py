@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser, out_required: bool = False) -> None:
                    help="override a workflow value, e.g. --set download.timeout=5 (repeatable; values parsed as YAML)")
     p.add_argument("--force", action="store_true", help="redo partitions even if their manifest says done")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch job logs)")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print Dask's full traceback of every failed attempt (always in _state/logs/ of the run)")
 
 
 def _stage_inputs(args: argparse.Namespace, row) -> tuple[list[str], dict]:
@@ -63,7 +65,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     wf.runner.progress = wf.runner.progress and not args.no_progress
     wf.runner.force = args.force
     check_inputs(out, [row.name])  # before a cluster starts
-    with open_client(wf.cluster) if row.dask else contextlib.nullcontext() as client:
+    with open_client(wf.cluster, quiet_task_errors=not args.verbose) if row.dask else contextlib.nullcontext() as client:
         reports = run_stages(wf, out, [row.name], client, on_report=print_stage_report, **{row.name: kwargs})
     return EXIT_INCOMPLETE if any(r.failed for r in reports) else EXIT_OK
 
@@ -106,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(job_script(wf.cluster))
         return EXIT_OK
     check_inputs(out, stages)  # before a cluster starts
-    with open_client(wf.cluster) as client:
+    with open_client(wf.cluster, quiet_task_errors=not args.verbose) as client:
         console.print(f"workflow {wf.name!r} -> {out}; dask dashboard: {client.dashboard_link}")
         reports = run_stages(wf, out, stages, client, on_report=print_stage_report)
     print_run_summary(reports, out, stages)

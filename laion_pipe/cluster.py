@@ -11,7 +11,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import logging
+
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .config.cluster import ClusterConfig
 
@@ -122,14 +125,45 @@ def job_script(cfg: ClusterConfig) -> str:
     raise ValueError(f"cluster.kind {cfg.kind!r} has no job script")
 
 
+class _DropComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietTaskErrors(WorkerPlugin):
+    """Keeps Dask's `Compute Failed` tracebacks (one per attempt) off the terminal: a failed
+    partition's traceback goes to its manifest and `_state/logs/` (the runner writes them), and
+    the stage's summary names that file. Installed on every worker, those that join later too;
+    `--verbose` leaves it out."""
+
+    name = "laion-pipe-quiet-task-errors"
+
+    def __init__(self) -> None:
+        self._filter = _DropComputeFailed()
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(self._filter)
+
+    def teardown(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").removeFilter(self._filter)
+
+
+def _quiet(client: Client, quiet_task_errors: bool) -> None:
+    if quiet_task_errors:
+        client.register_plugin(QuietTaskErrors(), name=QuietTaskErrors.name)
+
+
 @contextlib.contextmanager
-def open_client(cfg: ClusterConfig) -> Iterator[Client]:
-    """A Dask client for the configured cluster, closed (with its cluster) on exit."""
+def open_client(cfg: ClusterConfig, *, quiet_task_errors: bool = True) -> Iterator[Client]:
+    """A Dask client for the configured cluster, closed (with its cluster) on exit. With
+    `quiet_task_errors` (the default) workers do not log failed tasks' tracebacks
+    (`QuietTaskErrors`)."""
     if cfg.kind == "address":
         if not cfg.address:
             raise ValueError("cluster.address: required when cluster.kind is 'address'")
         client = Client(cfg.address)
         try:
+            _quiet(client, quiet_task_errors)
             yield client
         finally:
             client.close()
@@ -145,6 +179,7 @@ def open_client(cfg: ClusterConfig) -> Iterator[Client]:
         cluster.adapt(minimum=cfg.kubernetes.adaptive_minimum or 0, maximum=cfg.kubernetes.adaptive_maximum)
     client = Client(cluster)
     try:
+        _quiet(client, quiet_task_errors)
         yield client
     finally:
         client.close()

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import fsio
-from .runner import StageReport, read_manifest, stage_status
+from .runner import LOG_DIR, StageReport, read_manifest, stage_status
 from .schema import STATE_DIR
 from .stages import registry
 
@@ -33,7 +33,10 @@ def print_stage_report(report: StageReport) -> None:
     if dl:
         console.print(f"  dropped: {dl}")
     for f in report.failed[:10]:
-        console.print(f"  [red]failed[/red] {f['key']}: {f['error']}")
+        log = f"\n    traceback: {f['log']}" if f.get("log") else ""
+        console.print(f"  [red]failed[/red] {f['key']}: {f['error']}{log}")
+    if len(report.failed) > 10:
+        console.print(f"  ... and {len(report.failed) - 10} more (laion-pipe status)")
 
 
 def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence[str], show_report: bool = True) -> None:
@@ -60,7 +63,7 @@ def _stage_names(out: str) -> list[str]:
     (`dedup.bucket`) just before their stage."""
     fs, p = fsio.fs_and_path(fsio.join(out, STATE_DIR))
     try:
-        found = {e.rstrip("/").rpartition("/")[2] for e in fs.ls(p, detail=False) if fs.isdir(e)}
+        found = {e.rstrip("/").rpartition("/")[2] for e in fs.ls(p, detail=False) if fs.isdir(e)} - {LOG_DIR}
     except FileNotFoundError:
         found = set()
 
@@ -100,7 +103,8 @@ def print_status(out: str, as_json: bool = False) -> int:
         for stage, st in result.items():
             for key in st["failed"]:
                 m = read_manifest(out, stage, key) or {}
-                Console().print(f"[red]failed[/red] {stage}/{key}: {m.get('error', '?')}")
+                log = f" (traceback: {fsio.join(out, m['log'])})" if m.get("log") else ""
+                Console().print(f"[red]failed[/red] {stage}/{key}: {m.get('error', '?')}{log}")
     incomplete = any(st["failed"] or st["pending"] for st in result.values())
     sys.stdout.flush()
     return 1 if incomplete else 0

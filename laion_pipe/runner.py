@@ -242,6 +242,24 @@ def _progress(enabled: bool, stage: str):
     return prog
 
 
+LOG_DIR = "logs"
+
+
+def failure_log_path(stage: str, key: str) -> str:
+    """Where a failed partition's full traceback goes, relative to the run directory."""
+    return f"{STATE_DIR}/{LOG_DIR}/{stage}/{key}.log"
+
+
+def write_failure_log(out: str, stage: str, key: str, error: str, tb: str, attempts: int) -> str:
+    """Write a failed partition's error and full traceback to `_state/logs/{stage}/{key}.log`
+    (the terminal shows one line naming this file); returns its path relative to `out`."""
+    rel = failure_log_path(stage, key)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    text = f"{stage} partition {key} failed after {attempts} attempt(s) at {when} UTC\n{error}\n\n{tb}"
+    fsio.write_bytes_atomic(fsio.join(out, rel), text.encode())
+    return rel
+
+
 def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
     """Record which partitions a stage has, so `status` can tell pending from done."""
     fsio.write_json_atomic(
@@ -262,7 +280,8 @@ def run_stage(
 ) -> StageReport:
     """Run `fn` over `partitions` on `client`, skipping those already done with the same
     fingerprint (unless `wf.runner.force`). Failed partitions (after `wf.runner.retries` Dask
-    retries) get a manifest with status "failed" and their error; the others still complete."""
+    retries) get a manifest with status "failed" and their error, and their full traceback in
+    `_state/logs/{stage}/{key}.log`; the others still complete."""
     t0 = time.time()
     keys = [p.key for p in partitions]
     if len(set(keys)) != len(keys):
@@ -309,12 +328,13 @@ def run_stage(
             else:
                 exc = fut.exception()
                 tb = "".join(traceback.format_exception(type(exc), exc, fut.traceback())) if exc else ""
+                error = (f"{type(exc).__name__}: {exc}" if exc else "unknown error")[:1000]
+                log = write_failure_log(out, stage, part.key, error, tb, attempts=retries + 1)
                 failure = write_manifest(
                     out, stage, part.key, fingerprint=part.fingerprint, inputs=part.inputs, status="failed",
-                    error=(f"{type(exc).__name__}: {exc}" if exc else "unknown error")[:1000],
-                    traceback=tb[-5000:], attempts=retries + 1,
+                    error=error, traceback=tb[-5000:], attempts=retries + 1, log=log,
                 )  # fmt: skip
-                report.failed.append({"key": part.key, "error": failure["error"]})
+                report.failed.append({"key": part.key, "error": failure["error"], "log": fsio.join(out, log)})
             fut.release()
             prog.update(task, advance=1, note=f"{len(report.failed)} failed" if report.failed else "")
     report.seconds = round(time.time() - t0, 3)

@@ -180,3 +180,21 @@ def test_run_with_a_bad_stages_range_is_a_usage_error(tmp_path, spec):
     r = _user_runs("run", str(wf), "--out", str(tmp_path / "run"), "--stages", spec)
     assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_failing_partition_prints_one_line_and_its_log_file(tmp_path, verbose):
+    """Dask's `Compute Failed` traceback (once per attempt) stays off the terminal; the summary
+    names `_state/logs/extract/KEY.log`, which holds the traceback. `--verbose` shows them."""
+    (tmp_path / "empty.wat").write_bytes(b"")  # not a WAT file: its partition fails every attempt
+    out = tmp_path / "run"
+    r = _user_runs("extract", str(tmp_path / "empty.wat"), "--out", str(out), "--no-progress",
+                   "--set", "cluster.n_workers=1", "--set", "runner.retries=1", *(["--verbose"] if verbose else []))
+    assert r.returncode == 1, r.stderr
+    log = out / "_state" / "logs" / "extract" / "part-00000.log"
+    assert "Traceback (most recent call last)" in log.read_text()
+    assert str(log) in r.stderr.replace("\n", "")
+    assert ("Compute Failed" in r.stderr) == verbose
+    assert json.loads((out / "_state" / "extract" / "part-00000.json").read_text())["log"] == "_state/logs/extract/part-00000.log"
+    s = _user_runs("status", str(out))
+    assert s.returncode == 1 and "logs" not in s.stdout.split("failed")[0] and str(log) in s.stdout.replace("\n", "")
