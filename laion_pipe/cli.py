@@ -1,7 +1,8 @@
 """The `laion-pipe` command: one function per kind of subcommand, nothing else.
 
 The stage subcommands (`laion-pipe dedup --out DIR`, ...) are built from the stage table
-(`stages/registry.py`) and share one handler; `run`, `stats`, `demo` and `status` have their own.
+(`stages/registry.py`) and share one handler; `run`, `stats`, `demo`, `clean` and `status` have
+their own.
 
 Exit codes: 0 complete; 1 the run is incomplete (some partitions failed, see `laion-pipe status`);
 2 a usage or configuration error, reported before any work starts.
@@ -128,6 +129,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.dir, as_json=args.json)
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    """`laion-pipe clean DIR [--stage S]`: remove a run's work files and leftover temporary files."""
+    from . import fsio
+    from .clean import clean
+    from .schema import STATE_DIR
+
+    if not fsio.exists(fsio.join(args.dir, STATE_DIR)):
+        raise ConfigError(f"{args.dir} is not a run directory (no {STATE_DIR}/ in it): nothing to clean")
+    if args.stage:
+        from .pipeline import stage
+
+        stage(args.stage)  # an unknown name is a usage error
+    removed = clean(args.dir, args.stage)
+    console.print(f"removed {removed['work_files']:,} work files ({removed['work_bytes'] / 1e6:,.1f} MB) and "
+                  f"{removed['temporary_files']:,} temporary files from {args.dir}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laion-pipe",
@@ -178,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="DIR", default="laion_demo", help="run directory (default: ./laion_demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("clean", help="remove a run's work files (_work/) and leftover temporary files",
+                       description="Remove the work files stages keep between their phases (_work/STAGE/, e.g. dedup's "
+                                   "buckets) and temporary files left by killed writes. A stage deletes its own work "
+                                   "files when it completes; removing them earlier makes its next run start its "
+                                   "phases again from its inputs.")
+    p.add_argument("dir", metavar="DIR", help="a run directory")
+    p.add_argument("--stage", metavar="S", help="only this stage's work files (default: every stage's)")
+    p.set_defaults(fn=cmd_clean)
 
     p = sub.add_parser("status", help="which partitions of which stage are done, failed or pending")
     p.add_argument("dir", metavar="DIR", help="a run directory")

@@ -77,6 +77,18 @@ def _stage_names(out: str) -> list[str]:
     return sorted(found, key=rank_of)
 
 
+def _print_work_files(out: str) -> None:
+    """Which work files the run holds, and why (a stage deletes its own when it completes)."""
+    from .clean import work_removed, work_summary
+
+    for w in work_summary(out):
+        Console().print(f"work files: {fsio.join(out, '_work', w.stage)} ({w.files:,} files, {w.bytes / 1e6:,.1f} MB), "
+                        f"kept while {w.stage} is incomplete (resume needs them); `laion-pipe clean {out}` removes them")
+    for stage in registry.names():
+        if work_removed(out, stage):
+            Console().print(f"work files of {stage}: removed (when it completed, or by clean)")
+
+
 def print_status(out: str, as_json: bool = False) -> int:
     """Print done / failed / pending per stage; exit code 1 when anything failed or is pending,
     2 when `out` is not a run directory (it has no `_state/`)."""
@@ -105,6 +117,8 @@ def print_status(out: str, as_json: bool = False) -> int:
                 m = read_manifest(out, stage, key) or {}
                 log = f" (traceback: {fsio.join(out, m['log'])})" if m.get("log") else ""
                 Console().print(f"[red]failed[/red] {stage}/{key}: {m.get('error', '?')}{log}")
+    if not as_json:
+        _print_work_files(out)
     incomplete = any(st["failed"] or st["pending"] for st in result.values())
     sys.stdout.flush()
     return 1 if incomplete else 0

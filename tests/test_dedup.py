@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laion_pipe import fsio, runner
+from laion_pipe import clean, fsio, runner
 from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.schema import CANDIDATE_SCHEMA, SUBSETS
 from laion_pipe.stages import dedup
@@ -202,6 +202,7 @@ def test_same_output_for_any_partitioning(tmp_path, dask_client):
 
 
 def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
+    monkeypatch.setattr(clean, "remove_work", lambda out, stage: (0, 0))  # keep the work files to inspect them
     rows = random_rows(800, 400, seed=3)
     out = tmp_path / "run"
     write_split(out, rows, 4)
@@ -249,7 +250,10 @@ def _finished(out: Path, stage: str) -> dict[str, float]:
     return {p.stem: fsio.read_json(str(p))["finished"] for p in (out / "_state" / stage).glob("[!_]*.json")}
 
 
-def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask_client):
+def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask_client, monkeypatch):
+    # the work files stay, as after a crash that left the stage incomplete (the lifecycle of the
+    # work files is test_work_files_go_when_dedup_completes's)
+    monkeypatch.setattr(clean, "remove_work", lambda out, stage: (0, 0))
     rows = random_rows(300, 120, seed=5)
     out = tmp_path / "run"
     write_split(out, rows, 2)
@@ -301,6 +305,61 @@ def test_fewer_parts_on_rerun_removes_stale_parts(tmp_path, dask_client):
     assert unique_rows(out) == reference(rows)
 
 
+def test_work_files_go_when_dedup_completes(tmp_path, dask_client):
+    """Deleted when every phase is done; a rerun with nothing changed skips everything without
+    them; a changed setting redoes the phases from the candidates; `clean` before completion
+    makes the next run start again, with the same result."""
+    rows = random_rows(300, 120, seed=8)
+    out = tmp_path / "run"
+    write_split(out, rows, 2)
+    first = dedup.run(str(out), wf_of(n_buckets=3, rows_per_part=40), dask_client)
+    assert first.complete and not (out / dedup.WORK_DIR).exists() and clean.work_removed(str(out), dedup.NAME)
+    assert unique_rows(out) == reference(rows)
+    before = {st: _finished(out, st) for st in (dedup.BUCKET_STAGE, dedup.REDUCE_STAGE, dedup.NAME)}
+
+    again = dedup.run(str(out), wf_of(n_buckets=3, rows_per_part=40), dask_client)
+    assert (again.done, again.skipped) == (0, first.planned) and again.kept == first.kept
+    assert {st: _finished(out, st) for st in before} == before
+
+    changed = dedup.run(str(out), wf_of(n_buckets=3, rows_per_part=25), dask_client)
+    assert changed.complete and not (out / dedup.WORK_DIR).exists()
+    assert unique_rows(out) == reference(rows) and all(len(t) <= 25 for t in unique_parts(out, "en"))
+
+    # an incomplete stage keeps them; clean removes them (and leftover temporary files)
+    (out / "_state" / dedup.NAME / "en-part-00000.json").unlink()
+    clean.forget_work_removed(str(out), dedup.NAME)
+    (out / dedup.WORK_DIR / "buckets").mkdir(parents=True)
+    (out / dedup.WORK_DIR / "buckets" / "x.parquet").write_bytes(b"12345")
+    (out / "unique" / "en" / ".tmp-0123-part-00000.parquet").write_bytes(b"half")
+    assert clean.work_summary(str(out)) == [clean.WorkFiles("dedup", 1, 5)]
+    assert clean.clean(str(out)) == {"work_files": 1, "work_bytes": 5, "temporary_files": 1}
+    assert not (out / "_work").exists() or not any((out / "_work").iterdir())
+    assert not list(out.rglob(".tmp-*"))
+    last = dedup.run(str(out), wf_of(n_buckets=3, rows_per_part=25), dask_client)
+    assert last.complete and unique_rows(out) == reference(rows)
+
+
+def test_clean_and_status_as_a_user_runs_them(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    (out / "_state" / "dedup").mkdir(parents=True)
+    (out / "_work" / "dedup" / "buckets").mkdir(parents=True)
+    (out / "_work" / "dedup" / "buckets" / "b.parquet").write_bytes(b"x" * 10)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "laion_pipe", *args], capture_output=True, text=True, timeout=120)
+
+    r = cli("status", str(out))
+    assert "work files:" in r.stdout and "kept while dedup is incomplete" in r.stdout.replace("\n", " ")
+    r = cli("clean", str(out), "--stage", "dedup")
+    assert r.returncode == 0 and "removed 1 work files" in r.stderr
+    assert "removed" in cli("status", str(out)).stdout and not (out / "_work" / "dedup").exists()
+    assert cli("clean", str(tmp_path / "nowhere")).returncode == 2 and not (tmp_path / "nowhere").exists()
+    assert cli("clean", str(out), "--stage", "bogus").returncode == 2
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -335,6 +394,7 @@ def test_unreadable_file_fails_its_task_and_stops_before_dedup(tmp_path, dask_cl
     assert [f["key"] for f in rep.failed] == ["dedup.bucket/cand-en-part-00001"]
     assert "missing column" in rep.failed[0]["error"]
     assert not (out / "unique").exists()
+    assert list((out / dedup.WORK_DIR).rglob("*.parquet"))  # incomplete: the good file's buckets stay for the rerun
 
 
 def test_curated_glob_matching_nothing_is_an_error(tmp_path, dask_client):

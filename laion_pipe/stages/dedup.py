@@ -42,7 +42,7 @@ The rules (what a user can rely on):
   longer has (fewer buckets, fewer parts) are removed (`runner.prune`), so `unique/` never holds
   stale parts.
 
-Why one module of ~560 lines (over the ~400 the other stages keep to): the three phases are one
+Why one module of ~590 lines (over the ~400 the other stages keep to): the three phases are one
 algorithm. The hash, the bucket ranges, the survivor order and the file layout of one phase are
 what the next phase relies on; kept side by side they can be read (and changed) together.
 """
@@ -59,14 +59,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import blocklists, fsio, runner, shards
+from .. import blocklists, clean, fsio, runner, shards
 from ..runner import Outcome, Partition, StageReport
 from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSET, SUBSETS, TEXT, UID, URL
 
 NAME = "dedup"
 BUCKET_STAGE = "dedup.bucket"
 REDUCE_STAGE = "dedup.reduce"
-WORK_DIR = "_work/dedup"
+WORK_DIR = clean.work_dir(NAME)
 HASH_COL = "_h"
 HASH_VERSION = "mmh3_x64_128[0]/seed0/url-utf8/range-buckets/v1"
 """Part of every bucketing fingerprint: files bucketed by another hash must never be mixed."""
@@ -552,10 +552,28 @@ def _merge(reports: list[StageReport], n_buckets: int) -> StageReport:
     return merged
 
 
+def _all_done(out: str, wf, bucket_parts: list[Partition], n_buckets: int) -> bool:
+    """Every partition of every phase done with the current plan (so nothing needs work files)."""
+    if wf.runner.force or not all(runner.is_done(out, BUCKET_STAGE, p.key, p.fingerprint) for p in bucket_parts):
+        return False
+    reduce_parts = plan_reduce(out, wf, bucket_parts, n_buckets)
+    if not all(runner.is_done(out, REDUCE_STAGE, p.key, p.fingerprint) for p in reduce_parts):
+        return False
+    return all(runner.is_done(out, NAME, p.key, p.fingerprint) for p in plan_parts(out, wf, reduce_parts))
+
+
 def run(out: str, wf, client) -> StageReport:
-    """All three phases; stops after a phase with failures (a global dedup needs all its input)."""
+    """All three phases; stops after a phase with failures (a global dedup needs all its input).
+
+    The work files (`_work/dedup`) are deleted once every phase is done and kept while the stage
+    is incomplete (resume needs them). A rerun after they are gone skips everything when nothing
+    changed; when something must be redone, the phases start again from the candidates."""
     reports: list[StageReport] = []
     bucket_parts, n_buckets = plan_buckets(out, wf)
+    if clean.work_removed(out, NAME) and not _all_done(out, wf, bucket_parts, n_buckets):
+        runner.prune(out, BUCKET_STAGE, [])  # their outputs were the work files
+        runner.prune(out, REDUCE_STAGE, [])
+        clean.forget_work_removed(out, NAME)
     runner.prune(out, BUCKET_STAGE, [p.key for p in bucket_parts])
     reports.append(runner.run_stage(BUCKET_STAGE, bucket_parts, process_bucket, out, wf, client))
     if reports[-1].failed:
@@ -568,4 +586,6 @@ def run(out: str, wf, client) -> StageReport:
     parts = plan_parts(out, wf, reduce_parts)
     runner.prune(out, NAME, [p.key for p in parts])
     reports.append(runner.run_stage(NAME, parts, process, out, wf, client))
+    if not reports[-1].failed:
+        clean.remove_work(out, NAME)
     return _merge(reports, n_buckets)
