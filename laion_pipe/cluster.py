@@ -166,6 +166,9 @@ def open_client(cfg: ClusterConfig, *, quiet_task_errors: bool = True) -> Iterat
             _quiet(client, quiet_task_errors)
             yield client
         finally:
+            if quiet_task_errors:  # a shared cluster outlives this run: leave its workers as they were
+                with contextlib.suppress(Exception):
+                    client.unregister_worker_plugin(QuietTaskErrors.name)
             client.close()
         return
     cluster = make_cluster(cfg)

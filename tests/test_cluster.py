@@ -65,3 +65,19 @@ def test_kubernetes_gpu_workers_get_resource_and_limit():
     container = spec["spec"]["worker"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["args"][:3] == ["dask-worker", "--resources", "GPU=1"]
+
+
+def test_a_shared_cluster_gets_the_quiet_task_errors_plugin_only_while_the_run_uses_it():
+    from distributed import LocalCluster
+
+    from laion_pipe.cluster import QuietTaskErrors
+
+    def plugins(client):
+        return [n for names in client.run(lambda dask_worker: list(dask_worker.plugins)).values() for n in names]
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
+        wf = workflow_from_dict({"cluster": {"kind": "address", "address": cluster.scheduler_address}})
+        with open_client(wf.cluster) as client:
+            assert QuietTaskErrors.name in plugins(client)
+        with open_client(wf.cluster, quiet_task_errors=False) as client:
+            assert QuietTaskErrors.name not in plugins(client)
