@@ -20,7 +20,7 @@ from laion_pipe.config import workflow_from_dict
 from laion_pipe.crawl import stream
 from laion_pipe.crawl.reader import iter_pages
 from laion_pipe.crawl.stream import NotAWarcError, ReadError
-from laion_pipe.demo.watgen import Img, Page, frame_record, random_pages, wat_records
+from laion_pipe.demo.watgen import Img, Page, frame_record, random_pages, warc_records, wat_records
 
 FASTWARC_ITERATOR = stream.ArchiveIterator
 from laion_pipe.schema import SUBSETS
@@ -132,6 +132,20 @@ def test_fallback_after_good_records_neither_duplicates_nor_loses(tmp_path, comp
     assert [_signature(p) for p in pages] == EXPECTED
     assert [(e.kind, e.offset) for e in errors] == [("lenient_reader", len(head))]
     assert stats["records.read_by_warcio"] == len(recs) - switch
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_lf_warc_responses_read_like_the_crlf_ones(tmp_path, compress):
+    """The lenient reader also reads WARC responses: HTTP headers, charset, the HTML body."""
+    recs = list(warc_records(PAGES, seed=4))
+    crlf, lf = tmp_path / "crlf.warc", tmp_path / "lf.warc"
+    crlf.write_bytes(b"".join(frame_record(h, b, compress) for h, b in recs))
+    lf.write_bytes(b"".join(lf_record(h, b, compress) for h, b in recs))
+    expected, no_errors, _ = _read(crlf)
+    pages, errors, stats = _read(lf)
+    assert not no_errors and [(e.kind, e.offset) for e in errors] == [("lenient_reader", 0)]
+    assert [_signature(p) for p in pages] == [_signature(p) for p in expected] and len(pages) == len(PAGES)
+    assert stats["records.read_by_warcio"] == 2 * len(PAGES)  # responses and metadata (requests are not wanted)
 
 
 class _FailingIterator:
