@@ -323,6 +323,8 @@ def test_holdout_exclude_and_only_partition_the_samples(many):
     assert sorted(train + held) == sorted(every) == sorted(w.key for w in written)
     assert set(held) == {w.key for w in written if is_holdout(w.key, 0.1)}
     assert sk_train == {"holdout": len(held)} and sk_held == {"not_holdout": len(train)}
+    nothing_held = spec(folder / "00000.tar", holdout="only", holdout_fraction=0.0, batch_size=100, resolution=8)
+    assert list(make_loader(nothing_held)) == []
 
 
 # --- aspect-ratio buckets ----------------------------------------------------------------------------

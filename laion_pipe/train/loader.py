@@ -12,8 +12,9 @@ Determinism: every random choice comes from the seed and the epoch: the shard or
 buffer of each (rank, worker), the source mix, and per sample the crop, the flip and the caption
 dropout (hashed from seed, epoch, shard and key, so they do not depend on what was read before).
 The same (seed, epoch) gives the same batches in the same order; resuming at `start_sample`
-replays the cheap part of the stream (reading, checks, decoding) and hands out exactly the
-batches an uninterrupted run would have handed out after that point.
+replays the stream up to that point (reading, checks and decoding, which decide what a batch
+holds; not resizing, collating or tokenizing) and hands out exactly the batches an uninterrupted
+run would have handed out after it.
 
 Nothing in the data crashes the feed: a sample that cannot be decoded, has no caption or fails
 a filter is skipped and counted, and each batch carries the counts since the previous batch of
@@ -216,7 +217,7 @@ class _Item:
 
 def _checked(samples: Iterable[dict], spec: LoaderSpec, counts: Counter) -> Iterator[_Item]:
     """Samples that pass the cheap checks, in order; the others counted by reason."""
-    holdout_on = spec.holdout != "all" and spec.holdout_fraction > 0
+    holdout_on = spec.holdout == "only" or (spec.holdout == "exclude" and spec.holdout_fraction > 0)
     for s in samples:
         key = s.get("__key__", "")
         if holdout_on and is_holdout(key, spec.holdout_fraction) != (spec.holdout == "only"):
@@ -304,9 +305,11 @@ def _take(counts: Counter) -> dict:
     return out
 
 
-def collate(items: list[_Item], spec: LoaderSpec, epoch: int, tokenize: Tokenize | None, skipped: dict) -> dict:
-    """One batch: crops, flips and caption dropout drawn per sample from (seed, epoch, shard, key)."""
-    th, tw = spec.targets()[items[0].bucket]
+def collate(items: list[_Item], target: tuple[int, int], spec: LoaderSpec, epoch: int, tokenize: Tokenize | None,
+            skipped: dict) -> dict:
+    """One batch at `target` (height, width): crops, flips and caption dropout drawn per sample
+    from (seed, epoch, shard, key)."""
+    th, tw = target
     arrays, captions, sizes, crops = [], [], [], []
     for it in items:
         u_drop, u_flip, u_top, u_left = _uniforms(spec.seed, epoch, it.url, it.key)
@@ -405,7 +408,7 @@ class LoaderStream(IterableDataset):
             if carried:
                 skipped = dict(carried + Counter(skipped))
                 carried.clear()
-            yield collate(group, spec, self.epoch, self.tokenize, skipped)
+            yield collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
 
 
 def source_pools(spec: LoaderSpec) -> list[list[str]]:
@@ -449,9 +452,12 @@ def make_loader(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int
     (reason -> samples skipped since the worker's previous batch).
 
     `start_sample`: samples this rank already took from the loader in this epoch (the sum of
-    the batch sizes it handed out); the loader continues with exactly the batches that came
-    next. Ranks' streams differ in length: a DDP loop must end the epoch when any rank runs
-    out."""
+    the batch sizes it handed out), with the same spec, rank and world_size; the loader
+    continues with exactly the batches that came next (see `worker_plan` for the one limit).
+    Ranks' streams differ in length: a DDP loop must end the epoch when any rank runs out.
+    Each rank reads its own shards, so the loader must not go through `accelerate`'s
+    `prepare` (which would dispatch rank 0's batches to every rank): move batches to the
+    device directly."""
     stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
                            start_sample=start_sample)
     extra = {"prefetch_factor": 2} if spec.num_workers else {}
