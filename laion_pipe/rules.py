@@ -132,9 +132,11 @@ def repair(s: str) -> str:
         if "&" not in s and (s.isprintable() or not _FTFY_TRIGGER.search(s)):
             return s
         return ftfy.fix_text(s)
+    if not unicodedata.is_normalized("NFC", s):
+        return ftfy.fix_text(s)  # ftfy normalizes, then looks again: mojibake may show only in NFC
     if _FTFY_TRIGGER.search(s) or ((_MOJIBAKE_HINT is None or _MOJIBAKE_HINT.search(s)) and is_bad(s)):
         return ftfy.fix_text(s)
-    return s if unicodedata.is_normalized("NFC", s) else unicodedata.normalize("NFC", s)
+    return s
 
 
 def clean_text(raw: str, max_chars: int = 2000) -> str:

@@ -140,6 +140,12 @@ def _mojibake(s: str) -> str:
 _ANY = st.one_of(_TEXT, _TEXT.map(_mojibake), st.text(max_size=30))
 
 
+@pytest.mark.parametrize("s", ["e\u0301\u00c6\u00c6", "caf\u00c3\u00a9", "cafe\u0301 na\u00efve", "\u00c3e\u0301"])
+def test_repair_equals_ftfy_on_decomposed_text(s):
+    """Mojibake that shows only once the text is NFC (ftfy normalizes, then looks again)."""
+    assert repair(s) == ftfy.fix_text(s)
+
+
 @settings(max_examples=400, deadline=None)
 @given(_ANY.filter(lambda s: not any(c in s for c in "\r\u2028\u2029")))
 def test_repair_equals_ftfy(s):

@@ -30,7 +30,7 @@ from ..runner import Outcome, Partition, StageReport
 from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSETS
 
 NAME = "extract"
-VERSION = 1
+VERSION = 2  # 2: NFD text whose mojibake shows once normalized is repaired as ftfy does
 """Bump when a change of this stage's code changes its output, so done partitions are redone."""
 
 _IMMUTABLE = "/crawl-data/CC-MAIN-"
