@@ -16,9 +16,6 @@ SUBSETS: tuple[str, ...] = ("en", "multi", "nolang")
 ANY_SUBSET = "*"
 """Key for drop reasons counted before a pair has a subset (e.g. a bad URL at extract)."""
 
-STAGES: tuple[str, ...] = PIPELINE
-"""Deprecated alias of `PIPELINE` (extract .. stats), kept while `stats/funnel.py` derives its
-funnel from it; new code names what it means: `PIPELINE`, `FUNNEL_STAGES` or `ORDER`."""
 STATE_DIR = "_state"
 
 # Drop reasons: a short fixed vocabulary (README.md, "What each stage does"). Stages may only

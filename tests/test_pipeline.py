@@ -41,7 +41,7 @@ def with_toy(monkeypatch):
 def test_names_say_what_they_mean():
     assert schema.PIPELINE == pipeline.PIPELINE_STAGES == ("extract", "dedup", "download", "score", "select", "stats")
     assert schema.FUNNEL_STAGES == ("extract", "dedup", "download", "score", "select")
-    assert schema.STAGE_DIRS["select"] == "dataset" and schema.STAGES == schema.PIPELINE  # the old alias
+    assert schema.STAGE_DIRS["select"] == "dataset" and not hasattr(schema, "STAGES")  # one name per meaning
     assert [s.name for s in registry.STAGE_TABLE] == list(registry.ORDER)
 
 
