@@ -66,7 +66,8 @@ def test_a_later_stage_is_one_row(with_toy, tmp_path, capsys):
     # `run` keeps its default; the new stage runs when named, alone or in a range
     assert pipeline.parse_stages(None) == list(schema.PIPELINE)
     assert pipeline.parse_stages("select:") == ["select", "stats"]  # an open range never starts it
-    assert pipeline.parse_stages("select:toy") == ["select", "stats", "toy"]
+    assert pipeline.parse_stages("select:toy") == ["select", "stats", "train", "evaluate", "toy"]
+    assert pipeline.parse_stages("train:") == ["train", "evaluate", "toy"]  # a range from a non-curation stage keeps to its kind
     assert pipeline.parse_stages("toy") == ["toy"] and pipeline.parse_stages("toy:") == ["toy"]
     # run_stages hands it the client, which it may ignore
     wf = workflow_from_dict({"runner": {"progress": False}})

@@ -166,6 +166,39 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "average text length), top languages and domains, histograms and the funnel.",
         cli=False,
     ),
+    Stage(
+        name="train",
+        entry="laion_pipe.train.stage:run",
+        after="select",
+        out_dir="train",
+        curation=False,
+        funnel=False,
+        dask=False,
+        help="train a text-to-image diffusion model on dataset/{name} -> train/{name}/ (diffusers layout)",
+        description="Train the workflow's `train:` model (Stable Diffusion v1 family from a pipeline directory or hub id, "
+        "or the small demo model) on the run's dataset shards with diffusers and accelerate: checkpoints, resume, "
+        "metrics.jsonl, validation grids, final/ loadable with from_pretrained. Several processes per node run "
+        "under torchrun (train.launch).",
+    ),
+    Stage(
+        name="evaluate",
+        entry="laion_pipe.evaluate.stage:run",
+        after="train",
+        out_dir="eval",
+        curation=False,
+        funnel=False,
+        dask=False,
+        help="generate images for held-out prompts -> eval/{model}/ (CLIP score, retrieval, FD-CLIP, grid)",
+        description="Generate images for evaluation prompts (held out by the train stage, or a file) with "
+        "classifier-free guidance, and score them with the run's CLIP: CLIP score, top-1 prompt retrieval "
+        "accuracy and the Frechet distance between CLIP image embeddings of generated and held-out real images.",
+        options=(
+            Option(("--model",), metavar="PATH", override="evaluate.model",
+                   help="a train name of this run or a model folder (final/ or checkpoint-N/); default: the workflow's train.name"),
+            Option(("--prompts",), metavar="FILE", override="evaluate.prompts",
+                   help="a file of prompts, one per line; default: the prompts the train stage held out"),
+        ),
+    ),
 )
 """Every stage, in the order they run and `status` lists them."""
 
