@@ -48,6 +48,12 @@ def _torchrun_multinode(wf, out: str, workflow: str, nodes_var: str) -> str:
     return " ".join(a if a.startswith("$") else shlex.quote(a) for a in args)
 
 
+def _slurm_memory(memory: str) -> str:
+    """sbatch wants 64G, not 64GB."""
+    m = memory.strip().upper()
+    return m[:-1] if m.endswith(("KB", "MB", "GB", "TB")) else m
+
+
 def job_kind(wf) -> str | None:
     """slurm / pbs: train.launch.job, else the cluster section's kind when it is a batch system."""
     if wf.train.launch.job:
@@ -82,24 +88,27 @@ def train_job_script(wf, out: str | None = None) -> str:
     if kind == "slurm":
         head = ["#!/bin/bash", f"#SBATCH --job-name={L.job_name}", f"#SBATCH --nodes={L.nodes}",
                 "#SBATCH --ntasks-per-node=1", f"#SBATCH --gpus-per-node={L.processes_per_node}",
-                f"#SBATCH --cpus-per-task={cpus}", f"#SBATCH --mem={L.memory}", f"#SBATCH --time={L.walltime}"]
+                f"#SBATCH --cpus-per-task={cpus}", f"#SBATCH --mem={_slurm_memory(L.memory)}", f"#SBATCH --time={L.walltime}"]
         head += [f"#SBATCH --partition={queue}"] if queue else []
         head += [f"#SBATCH --account={account}"] if account else []
-        env = ['export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-               f"export MASTER_PORT={L.master_port}", "export JOB_ID=$SLURM_JOB_ID"]
-        launch = f"srun --ntasks-per-node=1 {_torchrun_multinode(wf, out, wpath, '$SLURM_NNODES')}"
+        body = [*L.setup, 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                f"export MASTER_PORT={L.master_port}", "export JOB_ID=$SLURM_JOB_ID",
+                *_workflow_heredoc(wf, out, wpath),
+                f"srun --ntasks-per-node=1 {_torchrun_multinode(wf, out, wpath, '$SLURM_NNODES')}"]
     else:
         head = ["#!/bin/bash", f"#PBS -N {L.job_name}",
                 f"#PBS -l select={L.nodes}:ncpus={cpus}:ngpus={L.processes_per_node}:mem={L.memory.lower()}",
                 f"#PBS -l walltime={L.walltime}", "#PBS -j oe"]
         head += [f"#PBS -q {queue}"] if queue else []
         head += [f"#PBS -A {account}"] if account else []
-        env = ['cd "$PBS_O_WORKDIR"', 'export MASTER_ADDR=$(head -n 1 "$PBS_NODEFILE")', f"export MASTER_PORT={L.master_port}",
-               'export JOB_ID="$PBS_JOBID"', f"NNODES={L.nodes}"]
-        inner = _torchrun_multinode(wf, out, wpath, "$NNODES")
-        setup = " && ".join([*L.setup, 'cd "$PBS_O_WORKDIR"']) if L.setup else 'cd "$PBS_O_WORKDIR"'
-        exports = "MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT JOB_ID=$JOB_ID NNODES=$NNODES PBS_O_WORKDIR=$PBS_O_WORKDIR"
-        # pbsdsh -u: one command per node of the job; it starts with a bare environment, so pass what torchrun needs
-        launch = f"pbsdsh -u bash -lc \"export {exports}; {setup} && {inner}\""
-    body = ["set -euo pipefail", *L.setup, *env, *_workflow_heredoc(wf, out, wpath), launch]
-    return "\n".join(head + [""] + body) + "\n"
+        node_script = f"{out.rstrip('/')}/train/{wf.train.name}/pbs-node.sh"
+        # pbsdsh -u runs one command per node of the job, in a bare environment: each node runs a
+        # script written here with this job's values filled in (an unquoted here-document).
+        body = ['cd "$PBS_O_WORKDIR"', *L.setup, 'export MASTER_ADDR=$(head -n 1 "$PBS_NODEFILE")',
+                f"export MASTER_PORT={L.master_port}", 'export JOB_ID="$PBS_JOBID"', f"export NNODES={L.nodes}",
+                *_workflow_heredoc(wf, out, wpath),
+                f"cat > {shlex.quote(node_script)} <<LAION_PIPE_NODE", "#!/bin/bash", "set -euo pipefail",
+                "cd $PBS_O_WORKDIR", *L.setup,
+                _torchrun_multinode(wf, out, wpath, "$NNODES"), "LAION_PIPE_NODE",
+                f"pbsdsh -u bash {shlex.quote(node_script)}"]
+    return "\n".join(head + ["", "set -euo pipefail", *body]) + "\n"
