@@ -65,8 +65,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     wf, out = resolve_workflow(args.workflow, args.out, [*extra, *args.overrides])
     wf.runner.progress = wf.runner.progress and not args.no_progress
     wf.runner.force = args.force
-    check_inputs(out, [row.name])  # before a cluster starts
-    with open_client(wf.cluster, quiet_task_errors=not args.verbose) if row.dask else contextlib.nullcontext() as client:
+    tasks = check_inputs(out, [row.name], wf)  # before a cluster starts
+    with open_client(wf.cluster, max_tasks=tasks, quiet_task_errors=not args.verbose) if row.dask else contextlib.nullcontext() as client:
         reports = run_stages(wf, out, [row.name], client, on_report=print_stage_report, **{row.name: kwargs})
     return EXIT_INCOMPLETE if any(r.failed for r in reports) else EXIT_OK
 
@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if wf.cluster.kind in ("slurm", "pbs", "kubernetes"):
             print(job_script(wf.cluster))
         return EXIT_OK
-    check_inputs(out, stages)  # before a cluster starts
+    check_inputs(out, stages, wf)  # before a cluster starts
     with open_client(wf.cluster, quiet_task_errors=not args.verbose) as client:
         console.print(f"workflow {wf.name!r} -> {out}; dask dashboard: {client.dashboard_link}")
         reports = run_stages(wf, out, stages, client, on_report=print_stage_report)

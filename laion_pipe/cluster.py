@@ -53,13 +53,15 @@ def _jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     return kw
 
 
-def make_cluster(cfg: ClusterConfig) -> Any | None:
+def make_cluster(cfg: ClusterConfig, max_tasks: int | None = None) -> Any | None:
     """Build the cluster object the config describes (None for `address`, which needs none).
 
     Kept apart from `open_client` so a SLURM/PBS job script or a Kubernetes spec can be
-    inspected without a batch system (`laion-pipe run --dry-run`, and the tests)."""
+    inspected without a batch system (`laion-pipe run --dry-run`, and the tests). A local
+    cluster without a set `n_workers` starts one worker per core, but no more than `max_tasks`
+    (a worker process costs ~1 s of CPU to start: a one-file extract needs one)."""
     if cfg.kind == "local":
-        n = cfg.n_workers or max(1, (os.cpu_count() or 1) // cfg.threads_per_worker)
+        n = cfg.n_workers or max(1, min((os.cpu_count() or 1) // cfg.threads_per_worker, max_tasks or 1 << 30))
         return LocalCluster(
             n_workers=n,
             threads_per_worker=cfg.threads_per_worker,
@@ -154,8 +156,9 @@ def _quiet(client: Client, quiet_task_errors: bool) -> None:
 
 
 @contextlib.contextmanager
-def open_client(cfg: ClusterConfig, *, quiet_task_errors: bool = True) -> Iterator[Client]:
-    """A Dask client for the configured cluster, closed (with its cluster) on exit. With
+def open_client(cfg: ClusterConfig, max_tasks: int | None = None, *, quiet_task_errors: bool = True) -> Iterator[Client]:
+    """A Dask client for the configured cluster, closed (with its cluster) on exit. `max_tasks`
+    (the partitions of the work ahead, when known) caps a local cluster's default size. With
     `quiet_task_errors` (the default) workers do not log failed tasks' tracebacks
     (`QuietTaskErrors`)."""
     if cfg.kind == "address":
@@ -171,7 +174,7 @@ def open_client(cfg: ClusterConfig, *, quiet_task_errors: bool = True) -> Iterat
                     client.unregister_worker_plugin(QuietTaskErrors.name)
             client.close()
         return
-    cluster = make_cluster(cfg)
+    cluster = make_cluster(cfg, max_tasks)
     if cfg.kind in ("slurm", "pbs"):
         jq = cfg.jobqueue
         if jq.adaptive_maximum is None:

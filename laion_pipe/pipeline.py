@@ -93,11 +93,13 @@ def stage_has_run(out: str, name: str) -> bool:
     return fsio.exists(fsio.join(out, STATE_DIR, name)) or fsio.exists(fsio.join(out, stage(name).out_dir))
 
 
-def check_inputs(out: str, stages: Sequence[str]) -> None:
+def check_inputs(out: str, stages: Sequence[str], wf: Workflow | None = None) -> int | None:
     """Every named stage whose input stage is not also named must find that stage's outputs in
     `out`; else a ConfigError that says what was looked for (a mistyped directory is never
-    created, and a stage is never run on nothing)."""
+    created, and a stage is never run on nothing). With `wf`, each stage's own `check` runs
+    too (extract resolves its inputs); returns the largest partition count they report."""
     named = set(stages)
+    tasks: int | None = None
     for name in stages:
         row = stage(name)
         if row.after and row.after not in named and not stage_has_run(out, row.after):
@@ -106,6 +108,11 @@ def check_inputs(out: str, stages: Sequence[str]) -> None:
                 f"{name}: nothing from the {before.name} stage in {out} (looked for {before.out_dir}/ and "
                 f"{STATE_DIR}/{before.name}/); run `laion-pipe {before.name} --out {out}` first, or check the directory"
             )
+        check = row.load_check() if wf is not None else None
+        if check is not None:
+            n = check(wf)
+            tasks = n if tasks is None else max(tasks, n)
+    return tasks
 
 
 def run_stages(

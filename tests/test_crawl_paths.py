@@ -184,8 +184,6 @@ def test_cli_crawl_id_unreachable_exits_2_with_one_line(kind, tmp_path):
     assert listing_url(CRAWL, base) in proc.stderr and cause in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.run_stages saves the workflow (making the run directory) before "
-                   "extract resolves its inputs; needs the CLI/pipeline to call extract.check(wf) first")
 def test_cli_crawl_id_unreachable_makes_no_run_directory(tmp_path):
     out = tmp_path / "run"
     proc, _, _ = _run_cli_against("dns", out)

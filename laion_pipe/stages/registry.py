@@ -80,6 +80,16 @@ class Stage:
     after: str | None = None
     """The stage whose outputs this one reads. Run without it on a run directory where it never
     ran, the stage is a usage error that names what it looked for (not "0 partitions")."""
+    check: str | None = None
+    """"module:function" called as `fn(wf)` before any cluster starts or run directory is made:
+    raises ConfigError for inputs that cannot work (an unreadable crawl listing), and returns
+    how many partitions the stage will have (a local cluster starts no more workers)."""
+
+    def load_check(self) -> Callable[..., Any] | None:
+        if self.check is None:
+            return None
+        module, _, func = self.check.partition(":")
+        return getattr(importlib.import_module(module), func)
 
     def load(self) -> Callable[..., Any]:
         """The stage's `run` function (imports its module now, not before)."""
@@ -91,6 +101,7 @@ STAGE_TABLE: tuple[Stage, ...] = (
     Stage(
         name="extract",
         entry="laion_pipe.stages.extract:run",
+        check="laion_pipe.stages.extract:check",
         out_dir="candidates",
         curation=True,
         funnel=True,
