@@ -117,3 +117,25 @@ def test_bad_input_exits_2_before_any_work(tmp_path, case):
     assert not (run / "train").exists()
     if case == "no_run_dir":
         assert not run.exists()
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_and_saves_plain_weights(tmp_path):
+    """The GPU path's torch.compile option, on the CPU: the UNet is compiled (here with the eager
+    backend, which traces without generating kernels), trains, and final/ holds plain weights."""
+    from diffusers import UNet2DConditionModel
+
+    from laion_pipe.config import workflow_from_dict
+    from laion_pipe.train.stage import run as run_stage
+
+    run = tmp_path / "run"
+    write_dataset(run, n=8, shards=1)
+    wf = workflow_from_dict(train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)),
+                                           max_steps=2, torch_compile=True, compile_backend="eager"))
+    wf.runner.progress = False
+    report = run_stage(str(run), wf)
+    assert report.done == 1, report.failed
+    summary = json.loads((run / "train" / "t" / "summary.json").read_text())
+    assert summary["compiled"] is True
+    unet = UNet2DConditionModel.from_pretrained(str(run / "train" / "t" / "final" / "unet"))
+    assert not any(k.startswith("_orig_mod") for k in unet.state_dict())

@@ -112,7 +112,10 @@ class TrainConfig(Section):
     snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting gamma (5.0 is the paper's); None: plain MSE")
     noise_offset: float = Field(0.0, ge=0, description="offset noise strength (0.1 is common); 0: off")
     prediction_type: Literal["epsilon", "v_prediction"] | None = Field(None, description="None: the scheduler's own")
-    torch_compile: bool = Field(False, description="compile the UNet with torch.compile (inductor) through accelerate")
+    torch_compile: bool = Field(False, description="compile the UNet with torch.compile through accelerate")
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
+        "inductor", description="torch.compile backend (inductor generates kernels; eager only traces, to check a model compiles)"
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch's default; torchrun sets 1 per process)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: the GPU accelerate finds, else the CPU; cpu: force the CPU")
     # outputs

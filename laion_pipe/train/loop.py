@@ -59,6 +59,11 @@ def _unwrap(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
+def _is_compiled(model: torch.nn.Module) -> bool:
+    m = getattr(model, "module", model)  # under DDP
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule) or isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
+
+
 def _write_model_info(folder: Path, comps: Components) -> None:
     (folder / MODEL_INFO).write_text(json.dumps(comps.info, indent=1))
 
@@ -205,7 +210,7 @@ def _accelerator(cfg):
 
     kw: dict[str, Any] = {}
     if cfg.torch_compile:
-        kw["dynamo_plugin"] = TorchDynamoPlugin(backend=DynamoBackend.INDUCTOR)
+        kw["dynamo_plugin"] = TorchDynamoPlugin(backend=DynamoBackend(cfg.compile_backend.upper()))
     return Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation,
         mixed_precision=cfg.mixed_precision,
@@ -378,6 +383,7 @@ def _train(accelerator, out: str, wf, *, progress: bool) -> dict:
             "final": str(final),
             "seconds": round(time.time() - t_start, 3),
             "family": comps.family,
+            "compiled": _is_compiled(unet),
             "unet_parameters": sum(p.numel() for p in _unwrap(accelerator, unet).parameters()),
         }
         (tdir / SUMMARY).write_text(json.dumps(summary, indent=1))
