@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main_demo
 
-    return main_demo(out=args.out, overrides=args.overrides)
+    return main_demo(out=args.out, overrides=args.overrides, train=not args.no_train)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -191,10 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in batch job logs)")
     p.set_defaults(fn=cmd_stats)
 
-    p = sub.add_parser("demo", help="the whole pipeline on a small world built on 127.0.0.1, ending with the statistics",
+    p = sub.add_parser("demo", help="the whole pipeline on a small world built on 127.0.0.1: curation, statistics, a model trained and judged",
                        description="Build a small demo world (an image server on 127.0.0.1 and WAT pages in several languages), "
-                                   "run every stage on a LocalCluster with the shipped demo models, print the funnel and statistics.")
+                                   "run every curation stage on a LocalCluster with the shipped demo models, then train the small demo "
+                                   "diffusion model on the curated shards and evaluate it; print the funnel, the statistics and the "
+                                   "model's metrics.")
     p.add_argument("--out", "-o", metavar="DIR", default="laion_demo", help="run directory (default: ./laion_demo)")
+    p.add_argument("--no-train", action="store_true",
+                   help="stop after the curation stages and the statistics (skip training and evaluating the demo model)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
     p.set_defaults(fn=cmd_demo)
 

@@ -33,28 +33,52 @@ def demo_workflow(inputs: Sequence[str], out: str, overrides: Sequence[str] = ()
     return workflow_from_dict(data, list(overrides))
 
 
-def run_demo(out: str, overrides: Sequence[str] = (), spec: WorldSpec | None = None, client=None) -> tuple[World, list]:
-    """Build the world under `out/world`, run all stages into `out`; returns (world, reports).
+MODEL_STAGES: tuple[str, ...] = ("train", "evaluate")
+"""What the demo runs after the curation stages: the data judged by the model it trains."""
+
+
+def run_demo(out: str, overrides: Sequence[str] = (), spec: WorldSpec | None = None, client=None,
+             *, train: bool = False) -> tuple[World, list]:
+    """Build the world under `out/world`, run all curation stages into `out` (then, with `train`,
+    train the demo model on the curated shards and evaluate it); returns (world, reports).
     The caller stops the world's server (`world.stop()`)."""
     from ..cluster import open_client
     from ..pipeline import PIPELINE_STAGES, run_stages
     from ..report_cli import print_stage_report
 
+    stages = [*PIPELINE_STAGES, *(MODEL_STAGES if train else ())]
     world = build_world(Path(out) / "world", spec)
     try:
         wf = demo_workflow(world.wat_paths, out, overrides)
         if client is not None:
-            reports = run_stages(wf, out, PIPELINE_STAGES, client, on_report=print_stage_report)
+            reports = run_stages(wf, out, stages, client, on_report=print_stage_report)
         else:
             with open_client(wf.cluster) as c:
                 reports = run_stages(wf, out, PIPELINE_STAGES, c, on_report=print_stage_report)
+            # training and evaluation run in this process (accelerate), with the workers' memory free
+            if train:
+                reports += run_stages(wf, out, MODEL_STAGES, None, on_report=print_stage_report)
     except BaseException:
         world.stop()
         raise
     return world, reports
 
 
-def main_demo(out: str = "laion_demo", overrides: Sequence[str] = ()) -> int:
+def eval_line(out: str) -> str | None:
+    """One line of the demo model's evaluation metrics, or None when evaluate wrote none."""
+    import json
+
+    found = sorted(Path(out, "eval").glob("*/metrics.json"))
+    if not found:
+        return None
+    m = json.loads(found[-1].read_text())
+    fd = "n/a" if m.get("fd_clip") is None else f"{m['fd_clip']:.3f}"
+    return (f"model {found[-1].parent.name}: CLIP score {m['clip_score']:.3f}, top-1 prompt retrieval "
+            f"{m['retrieval_top1']:.2f} (chance {m['retrieval_chance']:.2f}), FD-CLIP {fd} "
+            f"on {m.get('n_prompts', '?')} held-out prompts ({found[-1].parent / 'grid.png'})")
+
+
+def main_demo(out: str = "laion_demo", overrides: Sequence[str] = (), train: bool = True) -> int:
     from ..report_cli import print_run_summary
     from ..stages.stats import load_result
     from ..stats.render import print_table
@@ -62,14 +86,22 @@ def main_demo(out: str = "laion_demo", overrides: Sequence[str] = ()) -> int:
     t0 = time.time()
     out = str(Path(out).resolve())
     console.print(f"[bold]laion-pipe demo[/bold]: building the demo world and running every stage into {out}")
-    world, reports = run_demo(out, overrides)
+    world, reports = run_demo(out, overrides, train=train)
+    expected = ["stats", *(MODEL_STAGES if train else ())]
+    done = [r.stage for r in reports]
+    complete = done[-len(expected):] == expected and not any(r.failed for r in reports)
     try:
-        print_run_summary(reports, out, [r.stage for r in reports], show_report=False)
-        if reports and reports[-1].stage == "stats" and not reports[-1].failed:
+        print_run_summary(reports, out, done, show_report=False)
+        stats = next((r for r in reports if r.stage == "stats"), None)
+        if stats is not None and not stats.failed:
             # the funnel's reason lists read badly wrapped at a pipe's default 80 columns
             print_table(load_result(out), Console(width=None if sys.stdout.isatty() else 160))
+            line = eval_line(out) if train else None
+            if line:
+                Console().print(f"evaluation of the demo model trained on the curated shards: {line}",
+                                soft_wrap=True, highlight=False)
             Console().print(f"report: {Path(out) / 'stats' / 'report.html'}", soft_wrap=True)
         console.print(f"demo finished in {time.time() - t0:.0f}s")
     finally:
         world.stop()
-    return 0 if reports and reports[-1].stage == "stats" and not any(r.failed for r in reports) else 1
+    return 0 if complete else 1
