@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def demo_run(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "laion_demo"
     t0 = time.time()
-    r = subprocess.run(["laion-pipe", "demo", "--out", str(out)], capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "laion_pipe", "demo", "--out", str(out)], capture_output=True, text=True, timeout=1200)
     print(f"laion-pipe demo took {time.time() - t0:.0f}s")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
     return out, r.stdout + r.stderr
@@ -103,3 +103,37 @@ def test_notebook_runs_on_the_demo_output(demo_run):
             os.environ["LAION_PIPE_RUN"] = env_before
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_demo_trains_and_evaluates_the_demo_model(demo_run):
+    out, log = demo_run
+    assert (out / "train" / "demo" / "final" / "unet").is_dir()
+    assert (out / "train" / "demo" / "metrics.jsonl").stat().st_size > 0
+    metrics = json.loads((out / "eval" / "demo" / "metrics.json").read_text())
+    for key in ("clip_score", "retrieval_top1", "fd_clip"):
+        assert metrics[key] is not None, key
+    assert (out / "eval" / "demo" / "grid.png").is_file()
+    assert "top-1 prompt retrieval" in log
+    assert "Training and evaluation" in (out / "stats" / "report.html").read_text()
+
+
+def test_training_feed_notebook_runs_on_the_demo_output(demo_run):
+    import nbformat
+    from nbclient import NotebookClient
+
+    out, _ = demo_run
+    nb_path = REPO / "notebooks" / "training_feed.ipynb"
+    nb = nbformat.read(nb_path, as_version=4)
+    env_before = os.environ.get("LAION_PIPE_RUN")
+    os.environ["LAION_PIPE_RUN"] = str(out)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    finally:
+        if env_before is None:
+            os.environ.pop("LAION_PIPE_RUN", None)
+        else:
+            os.environ["LAION_PIPE_RUN"] = env_before
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) >= 3  # the batch, the loss curve and the sample grids
