@@ -34,6 +34,8 @@ from PIL import Image, UnidentifiedImageError
 ResizeMode = Literal["keep_ratio", "center_crop", "border", "no"]
 
 _PIL_ENCODE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+_FLOAT_AREA_MAX_VALUES = 1 << 20
+"""Largest array (height x width x 3) resized through OpenCV's float32 INTER_AREA (see resize)."""
 _WHITE = (255, 255, 255)
 
 
@@ -181,9 +183,14 @@ def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = 
     nw, nh = target_size(ow, oh, spec)
     if (nw, nh) != (w, h) and side > s:
         # img2dataset's default down: INTER_AREA. OpenCV computes it in float either way and rounds
-        # to uint8 at the end; its float32 path does the same arithmetic ~15% faster than its
-        # uint8 one, so the same bytes come out sooner (tests compare with img2dataset's pixels).
-        arr = cv2.convertScaleAbs(cv2.resize(arr.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA))
+        # to uint8 at the end; on a small (draft-decoded) image its float32 path does the same
+        # arithmetic ~15% faster than its uint8 one, so the same bytes come out sooner (tests
+        # compare with img2dataset's pixels). A full-size image stays uint8: its float copy
+        # (23 MB at 1600x1200) would cost more in page faults than it saves.
+        if arr.size <= _FLOAT_AREA_MAX_VALUES:
+            arr = cv2.convertScaleAbs(cv2.resize(arr.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA))
+        else:
+            arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_AREA)
     elif (nw, nh) != (w, h):
         arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LANCZOS4)  # img2dataset's default up
     h, w = arr.shape[:2]
