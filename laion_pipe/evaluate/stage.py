@@ -86,8 +86,8 @@ def _check_model(path: str, spec: str, out: str) -> None:
     if not fsio.exists(path):
         hint = ("train it first (`laion-pipe train --out RUN`)" if not _looks_like_path(spec)
                 else "give a final/ or checkpoint-N/ folder")
-        found = sorted(p.rstrip("/").rpartition("/")[2] for p in fsio.glob(fsio.join(out, TRAIN_DIR, "*", "final")))
-        trained = [fsio.join(TRAIN_DIR, n) for n in found]
+        finals = fsio.glob(fsio.join(out, TRAIN_DIR, "*", "final"))
+        trained = sorted(f"{TRAIN_DIR}/{Path(f.rstrip('/')).parent.name}" for f in finals)
         raise ConfigError(
             f"evaluate.model: no trained model at {path}: {hint}"
             + (f"; this run has {', '.join(trained)}" if trained else "; this run has no trained model yet")
