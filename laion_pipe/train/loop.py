@@ -68,6 +68,28 @@ def _write_model_info(folder: Path, comps: Components) -> None:
     (folder / MODEL_INFO).write_text(json.dumps(comps.info, indent=1))
 
 
+def diffusion_loss(comps: Components, unet: torch.nn.Module, batch: dict, gen: torch.Generator, cfg,
+                   device: torch.device | str, weight_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One micro-batch's training loss, as diffusers' example computes it: encode (frozen), draw
+    noise (plus offset noise) and timesteps from `gen`, noise the input with the scheduler, and
+    compare the UNet's prediction with the scheduler's target (noise, or velocity)."""
+    sched = comps.noise_scheduler
+    pixels = batch["pixel_values"].to(device, dtype=weight_dtype, non_blocking=True)
+    ids = batch["input_ids"].to(device, non_blocking=True)
+    with torch.no_grad():
+        x0 = comps.encode_pixels(pixels, gen).float()
+        cond = comps.encode_text(ids)
+    noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((x0.shape[0], x0.shape[1], 1, 1), generator=gen, device=device,
+                                                       dtype=x0.dtype)
+    timesteps = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device).long()
+    noisy = sched.add_noise(x0, noise, timesteps)
+    target = sched.get_velocity(x0, noise, timesteps) if sched.config.prediction_type == "v_prediction" else noise
+    pred = unet(noisy, timesteps, cond, return_dict=False)[0]
+    return _loss(comps, pred, target, timesteps, cfg.snr_gamma)
+
+
 def _loss(comps: Components, model_pred: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
           snr_gamma: float | None) -> torch.Tensor:
     """MSE, or Min-SNR-gamma weighted MSE (https://arxiv.org/abs/2303.09556) as diffusers'
@@ -293,8 +315,6 @@ def _train(accelerator, out: str, wf, *, progress: bool) -> dict:
     spec = loader_spec(wf, out)
     batches = epoch_batches(spec, state, rank=rank, world_size=world, tokenize=comps.tokenize)
     log = MetricsLog(tdir / METRICS) if main else None
-    sched = comps.noise_scheduler
-    n_train_t = sched.config.num_train_timesteps
     skipped: Counter = Counter()
     keys_seen: dict[int, list[str]] = {}
     window = {"loss": 0.0, "n": 0, "samples": 0, "wait": 0.0, "busy": 0.0}
@@ -312,23 +332,7 @@ def _train(accelerator, out: str, wf, *, progress: bool) -> dict:
             if cfg.record_keys:
                 keys_seen.setdefault(state.epoch, []).extend(batch["key"])  # the feed counted this batch in state.epoch
             with accelerator.accumulate(unet):
-                pixels = batch["pixel_values"].to(device, dtype=weight_dtype, non_blocking=True)
-                ids = batch["input_ids"].to(device, non_blocking=True)
-                with torch.no_grad():
-                    x0 = comps.encode_pixels(pixels, gen).float()
-                    cond = comps.encode_text(ids)
-                noise = torch.randn(x0.shape, generator=gen, device=device, dtype=x0.dtype)
-                if cfg.noise_offset:
-                    noise = noise + cfg.noise_offset * torch.randn(
-                        (x0.shape[0], x0.shape[1], 1, 1), generator=gen, device=device, dtype=x0.dtype)
-                timesteps = torch.randint(0, n_train_t, (x0.shape[0],), generator=gen, device=device).long()
-                noisy = sched.add_noise(x0, noise, timesteps)
-                if sched.config.prediction_type == "v_prediction":
-                    target = sched.get_velocity(x0, noise, timesteps)
-                else:
-                    target = noise
-                pred = unet(noisy, timesteps, cond, return_dict=False)[0]
-                loss = _loss(comps, pred, target, timesteps, cfg.snr_gamma)
+                loss = diffusion_loss(comps, unet, batch, gen, cfg, device, weight_dtype)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(unet.parameters(), cfg.max_grad_norm)
