@@ -120,3 +120,19 @@ def test_slurm_job_script_trains_on_this_machine(tmp_path):
     assert json.loads((tdir / "summary.json").read_text())["world_size"] == 2
     assert json.loads((tdir / "holdout.json").read_text())["fraction"] == 0.2
     assert json.loads((run / "_state" / "train" / "t.json").read_text())["status"] == "done"
+
+
+def test_sd_v1_workflow_curates_for_512_px_and_prints_its_job(tmp_path):
+    from laion_pipe.config import load_workflow
+    from laion_pipe.recipes import PRESETS
+    from laion_pipe.train.launch import train_job_script
+
+    wf = load_workflow(REPO / "workflows" / "sd-v1.yaml")
+    d = wf.download
+    assert d.min_width >= 512 and d.min_height >= 512 and d.resize_only_if_bigger and d.image_size == 512
+    assert set(wf.select.presets) == set(PRESETS)
+    t = wf.train
+    assert t.model == "sd" and t.resolution == 512 and t.caption_dropout == 0.1 and t.sources[0] in wf.select.presets
+    path = tmp_path / "job.sh"
+    path.write_text(train_job_script(wf))
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
