@@ -139,3 +139,28 @@ def test_torch_compile_option_trains_and_saves_plain_weights(tmp_path):
     assert summary["compiled"] is True
     unet = UNet2DConditionModel.from_pretrained(str(run / "train" / "t" / "final" / "unet"))
     assert not any(k.startswith("_orig_mod") for k in unet.state_dict())
+
+
+def test_more_steps_continue_from_the_last_checkpoint_and_force_starts_over(tmp_path):
+    """A rerun with a larger max_steps continues from the newest checkpoint (the last step is
+    always one); --force throws the run away and starts again."""
+    run = tmp_path / "run"
+    write_dataset(run, n=8, shards=1)
+    data = train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=2,
+                          checkpoint_every=100)
+    wf = write_workflow(tmp_path / "wf.yaml", data)
+    cmd = [*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"]
+    assert run_cli(cmd).returncode == 0
+    summary = run / "train" / "t" / "summary.json"
+    assert json.loads(summary.read_text())["resumed_from"] is None
+    res = run_cli([*cmd, "--set", "train.max_steps=3"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads(summary.read_text())
+    assert s["resumed_from"] == 2 and s["steps"] == 3
+    assert [json.loads(x)["step"] for x in (run / "train" / "t" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    res = run_cli([*cmd, "--set", "train.max_steps=3", "--force"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(summary.read_text())["resumed_from"] is None
+    # a checkpoint of another model is never resumed silently
+    res = run_cli([*cmd, "--set", "train.max_steps=4", "--set", "train.resolution=8"])
+    assert res.returncode == 1 and "--force" in res.stderr, res.stderr[-2000:]
