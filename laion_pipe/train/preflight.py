@@ -163,11 +163,17 @@ def check_data(wf, out: str) -> dict[str, list[str]]:
     return shards
 
 
-def preflight(wf, out: str) -> dict[str, list[str]]:
-    """Every check, cheapest first; returns the sources' shards."""
+def check_setup(wf, out: str) -> None:
+    """The checks that need no data: where the run is, the device, the model's files. A whole
+    `laion-pipe run` that ends with training can make them before its first stage."""
     if not _is_local(out):
         raise TrainInputError(f"out: training writes its checkpoints with local file operations; {out} is not a local "
                               "(or mounted shared) directory")
     _check_device(wf)
     _check_model(wf)
+
+
+def preflight(wf, out: str) -> dict[str, list[str]]:
+    """Every check, cheapest first; returns the sources' shards."""
+    check_setup(wf, out)
     return check_data(wf, out)
