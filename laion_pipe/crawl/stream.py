@@ -271,7 +271,8 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int, stats=None
                     if end is None:
                         yield from report("truncated", "last record runs past the end of the file", last)
                     elif _has_data_after(f, end):
-                        yield from report("truncated", "incomplete record at end of data", end)
+                        # the next record starts after this one's closing CRLFs: report it there
+                        yield from report("truncated", "incomplete record at end of data", end if compressed else _skip_blank_lines(f, end))
                 break
             if last is None and bad == start:
                 # Restarted on a record boundary and nothing could be read: a record cut short,
@@ -301,6 +302,8 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int, stats=None
                 continue
         # The damage starts where the last good record ends (when that can be told).
         damage = _end_of_record(f, last, compressed) if last is not None else start
+        if damage is not None and last is not None and not compressed:
+            damage = _skip_blank_lines(f, damage)  # the damaged record starts after the CRLFs closing the last one
         if damage is None:
             damage = bad if bad is not None else fail_from
         yield from report("corrupt", failure, damage)
