@@ -156,6 +156,12 @@ def test_bad_input_is_a_config_error_before_any_work(trained, tmp_path):
         stage.run(str(run), workflow(run, f"evaluate.model={model}"))  # a folder: no holdout is implied
     with pytest.raises(ConfigError, match=r"holdout.json does not exist"):
         stage.run(str(run), workflow(run, "evaluate.holdout=nothing"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a blue background\n")
+    with pytest.raises(ConfigError, match=r"nothing/holdout.json does not exist"):  # named, so it must exist
+        stage.run(str(run), workflow(run, "evaluate.holdout=nothing", f"evaluate.prompts={prompts}"))
+    p = stage.plan(str(run), workflow(run, f"evaluate.model={run / 'train' / 'tiny' / 'final'}", f"evaluate.prompts={prompts}"))
+    assert p.holdout is None and p.real_sources == () and "no held-out real images" in p.real_note
     assert not (run / "eval" / "other").exists() and not (run / "_state" / "evaluate" / "other.json").exists()
 
 

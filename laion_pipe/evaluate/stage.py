@@ -34,7 +34,7 @@ from ..config import ConfigError
 from ..config.models import ClipModelConfig
 from ..runner import Outcome, StageReport
 from . import metrics
-from .prompts import Holdout, expand, holdout_prompts, read_holdout, read_prompts_file, to_pil
+from .prompts import Holdout, expand, holdout_path, holdout_prompts, read_holdout, read_prompts_file, to_pil
 
 NAME = "evaluate"
 EVAL_DIR = "eval"
@@ -120,11 +120,10 @@ def plan(out: str, wf: Any) -> EvalPlan:
         prompts = read_prompts_file(cfg.prompts)[: cfg.n_prompts]
         source = f"file {cfg.prompts}"
         inputs.append(cfg.prompts)
-        if holdout_name:
-            try:
-                holdout = read_holdout(out, holdout_name)
-            except ConfigError:
-                holdout = None  # a prompts file needs no held-out set; FD-CLIP is left out then
+        if cfg.holdout:  # asked for by name: it must exist
+            holdout = read_holdout(out, cfg.holdout)
+        elif holdout_name and fsio.exists(holdout_path(out, holdout_name)):
+            holdout = read_holdout(out, holdout_name)  # else FD-CLIP is left out: a prompts file needs no held-out set
     else:
         if not holdout_name:
             raise ConfigError(
@@ -135,8 +134,6 @@ def plan(out: str, wf: Any) -> EvalPlan:
         prompts = holdout_prompts(holdout, cfg.n_prompts)
         source = f"held out by train/{holdout_name} ({len(holdout.keys)} samples, fraction {holdout.fraction:g})"
     if holdout is not None:
-        from .prompts import holdout_path
-
         inputs.append(holdout_path(out, holdout.name))
     real_sources: tuple[str, ...] = ()
     note = None
