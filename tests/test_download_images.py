@@ -112,6 +112,49 @@ def test_truncated_or_grey_jpegs_take_the_pillow_path(monkeypatch):
     assert res.ok and (res.width, res.height) == (341, 256)
 
 
+def _odd_colour_jpegs() -> list[tuple[str, bytes]]:
+    """Colour JPEGs of the kinds the fast decoder sees: odd sides, progressive, 4:4:4 and 4:2:2
+    chroma, restart markers, an EXIF orientation tag (ignored by both, as img2dataset does)."""
+    base = Image.open(io.BytesIO(jpeg(1023, 767, seed=5)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 on display
+    return [
+        ("odd sides", jpeg(1023, 767, seed=5)),
+        ("tiny", jpeg(9, 7, seed=6)),
+        ("progressive", encode(base, "JPEG", quality=90, progressive=True)),
+        ("4:4:4", encode(base, "JPEG", quality=95, subsampling=0)),
+        ("4:2:2", encode(base, "JPEG", quality=95, subsampling=1)),
+        ("restart markers", encode(base, "JPEG", quality=85, restart_marker_blocks=4)),
+        ("exif orientation", encode(base, "JPEG", quality=90, exif=exif.tobytes())),
+    ]
+
+
+def test_fast_decoder_gives_opencvs_pixels_at_every_scale():
+    """decode_jpeg_bgr (libjpeg-turbo through simplejpeg) returns exactly what img2dataset's
+    cv2.imdecode returns, full size and at each DCT scale, orientation ignored."""
+    import cv2
+    import laion_pipe.images as images
+
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+    for name, data in _odd_colour_jpegs():
+        w, h = Image.open(io.BytesIO(data)).size
+        for scale, flag in flags.items():
+            mine = images.decode_jpeg_bgr(data, w, h, scale)
+            ref = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
+            assert mine is not None and mine.shape == ref.shape == (-(-h // scale), -(-w // scale), 3), (name, scale)
+            assert np.array_equal(mine, ref), (name, scale)
+
+
+def test_fast_decoder_refuses_damaged_data_that_ends_like_a_jpeg():
+    """Cut scan data with an end-of-image marker glued back on (OpenCV would silently return grey
+    pixels), or no scan at all: the fast decoder declines and leaves the body to Pillow."""
+    import laion_pipe.images as images
+
+    damaged = truncated_jpeg() + b"\xff\xd9"
+    assert images.decode_jpeg_bgr(damaged, 800, 600, 1) is None
+    assert images.decode_jpeg_bgr(b"\xff\xd8" + bytes(6000) + b"\xff\xd9", 800, 600, 1) is None
+
+
 def test_draft_is_not_used_when_the_target_is_not_smaller():
     data = jpeg(300, 200, seed=3)
     a = process_image(data, ImageSpec(image_size=256, draft=True, min_bytes=0))
