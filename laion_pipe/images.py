@@ -15,8 +15,9 @@ Who decodes what, and why:
 - Draft decoding (`draft`, on by default) asks libjpeg to decode a JPEG at 1/2, 1/4 or 1/8 scale
   (DCT scaling), several times cheaper than a full decode when the target is much smaller. It
   stops at the smallest scale that still covers the target size, so the final resize always has
-  work left and the output size never changes; the pixels differ from a full decode by
-  resampling noise only (tests/test_draft_psnr.py: mean PSNR over 40 dB).
+  work left and the output size never changes; when what is left is under 1.25x, that last step
+  is bilinear (as good as INTER_AREA at such a ratio, ~5x cheaper). The pixels differ from a full
+  decode by resampling noise only (tests/test_draft_psnr.py: mean PSNR over 40 dB).
 
 Resizing is img2dataset's: the same sizes, crops and white borders (albumentations' rounding)
 and the same OpenCV filters (INTER_AREA down, Lanczos-4 up), so without draft decoding the
