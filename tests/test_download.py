@@ -161,7 +161,7 @@ def test_keys_are_stable_and_reruns_skip_done_shards(tmp_path, dask_client):
             s.route(f"/{i}.jpg", srv.static(jpeg(400, 300, seed=i)))
         write_part(tmp_path, "en", 0, [s.url(f"/{i}.jpg") for i in range(6)])
         write_part(tmp_path, "multi", 0, [s.url(f"/{i}.jpg") for i in (5, 4)])
-        wf = workflow(decode_threads=0)  # decoding on the loop's thread (the other tests use the pool)
+        wf = workflow(decode_threads=2)  # decoding in a pool (the default decodes on the loop's thread)
         report = download.run(str(tmp_path), wf, dask_client)
         assert report.complete and report.done == 2 and report.kept == {"en": 6, "multi": 2}
         first = {r["key"]: r["url"] for r in pq.read_table(tmp_path / "images" / "en" / "00000.parquet").to_pylist()}
