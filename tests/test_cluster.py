@@ -81,3 +81,19 @@ def test_a_shared_cluster_gets_the_quiet_task_errors_plugin_only_while_the_run_u
             assert QuietTaskErrors.name in plugins(client)
         with open_client(wf.cluster, quiet_task_errors=False) as client:
             assert QuietTaskErrors.name not in plugins(client)
+
+
+def test_a_local_cluster_gives_the_driver_its_environment_back(monkeypatch):
+    """Dask's nannies set OMP_NUM_THREADS=1 (and friends) in the driver's os.environ before
+    spawning workers; a torch imported after the cluster closed (the demo trains in the driver)
+    would start with one thread. open_client restores the environment on exit."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "7")
+    before = dict(os.environ)
+    wf = workflow_from_dict({"cluster": {"n_workers": 1, "threads_per_worker": 1, "processes": True}})
+    with open_client(wf.cluster) as client:
+        assert client.submit(os.environ.get, "OMP_NUM_THREADS").result() == "1"  # the workers keep Dask's setting
+        assert os.environ.get("OMP_NUM_THREADS") == "1"  # what the nanny did to this process
+    assert dict(os.environ) == before

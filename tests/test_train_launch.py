@@ -136,3 +136,17 @@ def test_sd_v1_workflow_curates_for_512_px_and_prints_its_job(tmp_path):
     path = tmp_path / "job.sh"
     path.write_text(train_job_script(wf))
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_training_threads_come_from_the_config_the_launcher_or_the_cores(monkeypatch):
+    """Not from torch's current setting, which a Dask cluster opened earlier in the process can
+    have left at one thread (the demo trains in its driver after curating)."""
+    import os
+
+    from laion_pipe.train.loop import cpu_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads(3) == 3
+    assert cpu_threads(None) == 1  # torchrun's one thread per process
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_threads(None) == len(os.sched_getaffinity(0))

@@ -116,7 +116,7 @@ class TrainConfig(Section):
     compile_backend: Literal["inductor", "cudagraphs", "aot_eager", "eager"] = Field(
         "inductor", description="torch.compile backend (inductor generates kernels; eager only traces, to check a model compiles)"
     )
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch's default; torchrun sets 1 per process)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: OMP_NUM_THREADS when a launcher set it, torchrun sets 1 per process; else every core the process may use)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: the GPU accelerate finds, else the CPU; cpu: force the CPU")
     # outputs
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")

@@ -241,14 +241,26 @@ def _accelerator(cfg):
     )
 
 
+def cpu_threads(configured: int | None) -> int:
+    """Torch CPU threads for a training process: `train.threads` when set; else OMP_NUM_THREADS
+    when the launcher set it (torchrun gives each process 1); else every core this process may
+    run on. Not torch's current setting: a torch first imported while a Dask cluster was open took
+    the nannies' OMP_NUM_THREADS=1 and would train the demo on one of two cores."""
+    if configured:
+        return configured
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def train(out: str, wf, *, progress: bool = True) -> dict:
     """Train the `train:` model on the run's data until `max_steps`, resuming from the newest
     checkpoint of `RUN/train/{name}/` when there is one. Every process of a job calls this;
     returns the summary (also written to summary.json by the main process)."""
     from accelerate.state import AcceleratorState
 
-    if wf.train.threads:
-        torch.set_num_threads(wf.train.threads)
+    torch.set_num_threads(cpu_threads(wf.train.threads))
     accelerator = _accelerator(wf.train)
     try:
         return _train(accelerator, out, wf, progress=progress)
