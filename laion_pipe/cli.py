@@ -54,6 +54,15 @@ def _stage_inputs(args: argparse.Namespace, row) -> tuple[list[str], dict]:
     return overrides, kwargs
 
 
+def _force(args: argparse.Namespace, wf) -> bool:
+    """`--force`, or `--set runner.force=...` on this command line (it used to be overwritten and
+    silently ignored); never a force saved with the run's workflow by an earlier command."""
+    if args.force:
+        return True
+    given = any(o.split("=", 1)[0].strip() == "runner.force" for o in args.overrides)
+    return bool(wf.runner.force) if given else False
+
+
 def cmd_stage(args: argparse.Namespace) -> int:
     """`laion-pipe STAGE --out DIR ...`: one stage of the table, with the run's saved workflow."""
     from .cluster import open_client
@@ -64,7 +73,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
     extra, kwargs = _stage_inputs(args, row)
     wf, out = resolve_workflow(args.workflow, args.out, [*extra, *args.overrides])
     wf.runner.progress = wf.runner.progress and not args.no_progress
-    wf.runner.force = args.force
+    wf.runner.force = _force(args, wf)
     tasks = check_inputs(out, [row.name], wf)  # before a cluster starts
     with open_client(wf.cluster, max_tasks=tasks, quiet_task_errors=not args.verbose) if row.dask else contextlib.nullcontext() as client:
         reports = run_stages(wf, out, [row.name], client, on_report=print_stage_report, **{row.name: kwargs})
@@ -96,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     wf, out = resolve_workflow(args.workflow_file, args.out, args.overrides)
     wf.runner.progress = wf.runner.progress and not args.no_progress
-    wf.runner.force = args.force
+    wf.runner.force = _force(args, wf)
     stages = parse_stages(args.stages)
     if args.dry_run:
         from .cluster import job_script

@@ -90,6 +90,11 @@ def test_extract_then_status_on_real_sample(cc_samples, tmp_path, capsys):
     assert main(["extract", "--out", str(out), "--no-progress", "--force"]) == 0
     assert "2 done, 0 skipped" in capsys.readouterr().err.replace("\n", " ")
     assert "force: false" in (out / "_state" / "workflow.yaml").read_text()  # --force is not saved with the run
+    # --set runner.force=true on the command line forces too (it was silently overwritten), once
+    assert main(["extract", "--out", str(out), "--no-progress", "--set", "runner.force=true"]) == 0
+    assert "2 done, 0 skipped" in capsys.readouterr().err.replace("\n", " ")
+    assert main(["extract", "--out", str(out), "--no-progress"]) == 0
+    assert "2 skipped" in capsys.readouterr().err.replace("\n", " ")
 
 
 def test_unreadable_input_is_a_failed_partition_and_exit_1(tmp_path, capsys):
