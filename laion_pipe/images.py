@@ -187,19 +187,19 @@ def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = 
     if spec.resize_only_if_bigger and side <= s:
         return arr
     nw, nh = target_size(ow, oh, spec)
-    if (nw, nh) != (w, h) and side > s and (w, h) != (ow, oh) and max(w / nw, h / nh) < _LINEAR_MAX_RATIO:
-        # Draft-decoded (DCT-scaled, so already low-passed) and only a little bigger than the
-        # target: at a ratio this close to 1 INTER_AREA's box spans 2 pixels, as bilinear does,
-        # and INTER_LINEAR's fixed-point uint8 path does it ~5x faster for the same quality
-        # (tests/test_draft_psnr.py). Never reached without draft decoding: img2dataset's pixels.
-        arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    elif (nw, nh) != (w, h) and side > s:
-        # img2dataset's default down: INTER_AREA. OpenCV computes it in float either way and rounds
-        # to uint8 at the end; on a small (draft-decoded) image its float32 path does the same
-        # arithmetic ~15% faster than its uint8 one, so the same bytes come out sooner (tests
-        # compare with img2dataset's pixels). A full-size image stays uint8: its float copy
-        # (23 MB at 1600x1200) would cost more in page faults than it saves.
-        if arr.size <= _FLOAT_AREA_MAX_VALUES:
+    if (nw, nh) != (w, h) and side > s:
+        if (w, h) != (ow, oh) and max(w / nw, h / nh) < _LINEAR_MAX_RATIO:
+            # Draft-decoded (DCT-scaled, so already low-passed) and only a little bigger than the
+            # target: at a ratio this close to 1 INTER_AREA's box spans 2 pixels, as bilinear does,
+            # and INTER_LINEAR's fixed-point uint8 path does it ~5x faster for the same quality
+            # (tests/test_draft_psnr.py). Never reached without draft decoding: img2dataset's pixels.
+            arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        elif arr.size <= _FLOAT_AREA_MAX_VALUES:
+            # img2dataset's default down: INTER_AREA. OpenCV computes it in float either way and
+            # rounds to uint8 at the end; on a small (draft-decoded) image its float32 path does the
+            # same arithmetic ~15% faster than its uint8 one, so the same bytes come out sooner
+            # (tests compare with img2dataset's pixels). A full-size image stays uint8: its float
+            # copy (23 MB at 1600x1200) would cost more in page faults than it saves.
             arr = cv2.convertScaleAbs(cv2.resize(arr.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA))
         else:
             arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_AREA)

@@ -86,15 +86,18 @@ class Stage:
     how many partitions the stage will have (a local cluster starts no more workers)."""
 
     def load_check(self) -> Callable[..., Any] | None:
-        if self.check is None:
-            return None
-        module, _, func = self.check.partition(":")
-        return getattr(importlib.import_module(module), func)
+        """The stage's `check` function, or None (imports its module now, not before)."""
+        return None if self.check is None else _import(self.check)
 
     def load(self) -> Callable[..., Any]:
         """The stage's `run` function (imports its module now, not before)."""
-        module, _, func = self.entry.partition(":")
-        return getattr(importlib.import_module(module), func or "run")
+        return _import(self.entry)
+
+
+def _import(spec: str) -> Callable[..., Any]:
+    """The function a "module:function" string names ("module" alone: its `run`)."""
+    module, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module), func or "run")
 
 
 STAGE_TABLE: tuple[Stage, ...] = (
