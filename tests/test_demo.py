@@ -3,7 +3,6 @@ agree with what the demo world was built with (world/truth.parquet records each 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -85,24 +84,24 @@ def test_demo_numbers_agree_with_the_world(demo_run):
     assert kept[kept_kinds == "unsafe"].punsafe.mean() > kept[kept_kinds == "match"].punsafe.mean() + 0.3
 
 
-def test_notebook_runs_on_the_demo_output(demo_run):
+def _run_notebook(name: str, out: Path, monkeypatch):
+    """Execute notebooks/{name} on the run directory `out` (LAION_PIPE_RUN), as a person would;
+    returns the executed notebook after checking no cell raised."""
     import nbformat
     from nbclient import NotebookClient
 
-    out, _ = demo_run
-    nb_path = REPO / "notebooks" / "subset_statistics.ipynb"
+    nb_path = REPO / "notebooks" / name
     nb = nbformat.read(nb_path, as_version=4)
-    env_before = os.environ.get("LAION_PIPE_RUN")
-    os.environ["LAION_PIPE_RUN"] = str(out)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("LAION_PIPE_RUN", None)
-        else:
-            os.environ["LAION_PIPE_RUN"] = env_before
+    monkeypatch.setenv("LAION_PIPE_RUN", str(out))
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    assert not errors, errors
+    return nb
+
+
+def test_notebook_runs_on_the_demo_output(demo_run, monkeypatch):
+    out, _ = demo_run
+    _run_notebook("subset_statistics.ipynb", out, monkeypatch)
 
 
 def test_demo_trains_and_evaluates_the_demo_model(demo_run):
@@ -117,23 +116,8 @@ def test_demo_trains_and_evaluates_the_demo_model(demo_run):
     assert "Training and evaluation" in (out / "stats" / "report.html").read_text()
 
 
-def test_training_feed_notebook_runs_on_the_demo_output(demo_run):
-    import nbformat
-    from nbclient import NotebookClient
-
+def test_training_feed_notebook_runs_on_the_demo_output(demo_run, monkeypatch):
     out, _ = demo_run
-    nb_path = REPO / "notebooks" / "training_feed.ipynb"
-    nb = nbformat.read(nb_path, as_version=4)
-    env_before = os.environ.get("LAION_PIPE_RUN")
-    os.environ["LAION_PIPE_RUN"] = str(out)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(nb_path.parent)}}).execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("LAION_PIPE_RUN", None)
-        else:
-            os.environ["LAION_PIPE_RUN"] = env_before
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
+    nb = _run_notebook("training_feed.ipynb", out, monkeypatch)
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 3  # the batch, the loss curve and the sample grids
