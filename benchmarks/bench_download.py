@@ -20,9 +20,10 @@ command's process tree (sum of PSS, so shared pages are not counted twice), and 
 line `ratio: <ours images/s / img2dataset images/s>` (with `--repeat N`, of each side's best
 run: on a shared machine, other work slows whichever side it overlaps).
 
-Draft decoding: our default decodes JPEGs at 1/2-1/8 scale when the target is that much smaller
-(equivalent output: tests/test_draft_psnr.py, mean PSNR over 40 dB against full decodes), while
-img2dataset always decodes at full size. So the same run also times our command with
+Draft mode: our default decodes JPEGs at a reduced DCT scale (1/8 to 5/8) when the target is
+that much smaller and resizes bilinearly when under 1.5x is left (equivalent output:
+tests/test_draft_psnr.py, mean PSNR over 40 dB against full decodes), while img2dataset always
+decodes at full size and resizes with INTER_AREA. So the same run also times our command with
 `download.draft=false` (full decodes, img2dataset's exact pixels) and prints that ratio on the
 line before the last (`--no-full-decode` skips it). Each run also prints the CPU seconds of the
 command's process tree and the load average around it: on a shared machine, images/s moves with

@@ -12,12 +12,13 @@ Who decodes what, and why:
   libjpeg-turbo through simplejpeg (OpenCV's pixels exactly, for less CPU), then resized and
   encoded by OpenCV in one numpy array: img2dataset's own resize and encoder calls, with no
   Pillow <-> numpy copies in between (they cost as much as the resize).
-- Draft decoding (`draft`, on by default) asks libjpeg to decode a JPEG at 1/2, 1/4 or 1/8 scale
-  (DCT scaling), several times cheaper than a full decode when the target is much smaller. It
-  stops at the smallest scale that still covers the target size, so the final resize always has
-  work left and the output size never changes; when what is left is under 1.25x, that last step
-  is bilinear (as good as INTER_AREA at such a ratio, ~5x cheaper). The pixels differ from a full
-  decode by resampling noise only (tests/test_draft_psnr.py: mean PSNR over 40 dB).
+- Draft mode (`draft`, on by default) trades img2dataset's exact pixels for equivalent ones
+  (tests/test_draft_psnr.py: mean PSNR over 40 dB against its outputs) at about half the CPU:
+  libjpeg decodes a JPEG at a reduced DCT scale M/8 (M = 1..5: the smallest that still covers
+  the target size, so the final resize always has work left and the output size never changes),
+  several times cheaper than a full decode when the target is much smaller; and when what is
+  left to resize is under 1.5x, that last step is bilinear (as good as INTER_AREA at such a
+  ratio, ~5x cheaper: INTER_AREA is OpenCV's slowest filter at non-integer ratios).
 
 Resizing is img2dataset's: the same sizes, crops and white borders (albumentations' rounding)
 and the same OpenCV filters (INTER_AREA down, Lanczos-4 up), so without draft decoding the
@@ -39,8 +40,12 @@ ResizeMode = Literal["keep_ratio", "center_crop", "border", "no"]
 _PIL_ENCODE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _FLOAT_AREA_MAX_VALUES = 1 << 20
 """Largest array (height x width x 3) resized through OpenCV's float32 INTER_AREA (see resize)."""
-_LINEAR_MAX_RATIO = 1.25
-"""A draft-decoded image at most this much bigger than its target is resized bilinearly (see resize)."""
+_LINEAR_MAX_RATIO = 1.5
+"""In draft mode, an image less than this much bigger than its target is resized bilinearly (see resize)."""
+_MAX_DRAFT_EIGHTHS = 5
+"""Largest reduced DCT scale (in eighths) draft decoding uses: at 6/8 and 7/8 libjpeg's scaled
+IDCTs came out at 34-37 dB against full decodes on the download benchmark's photos, while a full
+decode with a bilinear last step stays over 44 dB at such ratios (tests/test_draft_psnr.py)."""
 _WHITE = (255, 255, 255)
 
 
@@ -124,32 +129,34 @@ def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> I
     return None
 
 
-def draft_scale(width: int, height: int, spec: ImageSpec) -> int:
-    """The DCT scale denominator (1, 2, 4 or 8) a JPEG of this size is decoded at: the largest
-    whose decoded size still covers the target size (Pillow's `draft` rule); 1 when draft
-    decoding is off or the image is not made smaller."""
+def draft_eighths(width: int, height: int, spec: ImageSpec) -> int:
+    """The DCT scale, in eighths, a JPEG of this size is decoded at: the smallest M/8 (M up to
+    _MAX_DRAFT_EIGHTHS) at which the image still covers the target size; 8 (full size) when
+    draft mode is off, the image is not made smaller, or only 6/8 or 7/8 would cover it."""
     if not spec.draft or spec.resize_mode == "no":
-        return 1
+        return 8
     tw, th = target_size(width, height, spec)
-    ratio = min(width // tw, height // th)
-    return next((k for k in (8, 4, 2) if ratio >= k), 1)
+    for m in range(1, _MAX_DRAFT_EIGHTHS + 1):
+        if width * m >= 8 * tw and height * m >= 8 * th:
+            return m
+    return 8
 
 
-def decode_jpeg_bgr(data: bytes, width: int, height: int, scale: int) -> np.ndarray | None:
-    """A complete colour JPEG decoded by libjpeg-turbo (simplejpeg) at 1/`scale` size, as a BGR
-    array; None when this fast path does not apply (no end-of-image marker: possibly truncated)
-    or the decoder reports an error or a warning (strict): Pillow then decodes.
+def decode_jpeg_bgr(data: bytes, width: int, height: int, eighths: int = 8) -> np.ndarray | None:
+    """A complete colour JPEG decoded by libjpeg-turbo (simplejpeg) at `eighths`/8 of its size, as
+    a BGR array; None when this fast path does not apply (no end-of-image marker: possibly
+    truncated) or the decoder reports an error or a warning (strict): Pillow then decodes.
 
     simplejpeg bundles libjpeg-turbo, as OpenCV does, and decodes with the same settings
     (accurate integer DCT, smooth chroma upsampling, EXIF orientation ignored as img2dataset
-    does, DCT scaling for 1/2-1/8), so the pixels are cv2.imdecode's exactly
-    (tests/test_download_images.py), at less CPU: about 45% less for a full-size decode (OpenCV's
-    is slow at full size), about 10% less for a scaled one."""
+    does, DCT scaling), so the pixels are cv2.imdecode's exactly at every scale OpenCV offers
+    (1/1, 1/2, 1/4, 1/8: tests/test_download_images.py), at less CPU: about 45% less for a
+    full-size decode (OpenCV's is slow at full size), about 10% less for a scaled one."""
     if not data.endswith(b"\xff\xd9"):
         return None
-    expected = (-(-height // scale), -(-width // scale))
+    expected = (-(-height * eighths // 8), -(-width * eighths // 8))
     try:
-        # The smallest libjpeg-turbo scaling factor (M/8) whose output covers the minimum: 1/scale.
+        # libjpeg-turbo's smallest scaling factor (M/8) whose output covers this size: eighths/8.
         arr = simplejpeg.decode_jpeg(data, "BGR", min_width=expected[1], min_height=expected[0])
     except (ValueError, RuntimeError):
         return None
@@ -173,11 +180,26 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")
 
 
-def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = None) -> np.ndarray:
+def _downscale(arr: np.ndarray, size: tuple[int, int], content: tuple[float, float], interpolation: int) -> np.ndarray:
+    """`arr` resized to `size` = (width, height), where `content` is the width and height, in
+    pixels of `arr`, of the whole original image. They differ after DCT scaling: libjpeg rounds
+    the scaled size up (500 px at 5/8 is 313 px holding 312.5 px of picture), and resizing those
+    313 px to the target would stretch the picture by up to a pixel towards its far edges (a
+    measured 34 dB instead of 42 against full decodes). So the scale factors are given
+    explicitly and the spare row or column is cut off."""
+    nw, nh = size
+    if content == (arr.shape[1], arr.shape[0]):
+        return cv2.resize(arr, size, interpolation=interpolation)
+    out = cv2.resize(arr, (0, 0), fx=nw / content[0], fy=nh / content[1], interpolation=interpolation)
+    return out[:nh, :nw] if out.shape[:2] != (nh, nw) else out
+
+
+def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = None, eighths: int = 8) -> np.ndarray:
     """img2dataset's resize modes on a 3-channel array (RGB or BGR alike). `original` is the
-    (width, height) before any draft reduction: output sizes are computed from it, so decoding
-    at a reduced scale never changes the output size. As in img2dataset, `resize_only_if_bigger`
-    leaves a small image untouched (no crop, no border)."""
+    (width, height) before any draft reduction and `eighths` the DCT scale `arr` was decoded at:
+    output sizes are computed from the original, so decoding at a reduced scale never changes
+    the output size. As in img2dataset, `resize_only_if_bigger` leaves a small image untouched
+    (no crop, no border)."""
     h, w = arr.shape[:2]
     ow, oh = original or (w, h)
     s = spec.image_size
@@ -187,22 +209,23 @@ def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = 
     if spec.resize_only_if_bigger and side <= s:
         return arr
     nw, nh = target_size(ow, oh, spec)
+    content = (ow * eighths / 8, oh * eighths / 8) if eighths != 8 else (w, h)
     if (nw, nh) != (w, h) and side > s:
-        if (w, h) != (ow, oh) and max(w / nw, h / nh) < _LINEAR_MAX_RATIO:
-            # Draft-decoded (DCT-scaled, so already low-passed) and only a little bigger than the
-            # target: at a ratio this close to 1 INTER_AREA's box spans 2 pixels, as bilinear does,
-            # and INTER_LINEAR's fixed-point uint8 path does it ~5x faster for the same quality
-            # (tests/test_draft_psnr.py). Never reached without draft decoding: img2dataset's pixels.
-            arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        if spec.draft and max(content[0] / nw, content[1] / nh) < _LINEAR_MAX_RATIO:
+            # Draft mode, and only a little bigger than the target: at such a ratio INTER_AREA's
+            # box spans 2 pixels, as bilinear does, and INTER_LINEAR's fixed-point uint8 path
+            # does it ~5x faster for the same quality (tests/test_draft_psnr.py). Never taken
+            # without draft mode: img2dataset's pixels.
+            arr = _downscale(arr, (nw, nh), content, cv2.INTER_LINEAR)
         elif arr.size <= _FLOAT_AREA_MAX_VALUES:
             # img2dataset's default down: INTER_AREA. OpenCV computes it in float either way and
             # rounds to uint8 at the end; on a small (draft-decoded) image its float32 path does the
             # same arithmetic ~15% faster than its uint8 one, so the same bytes come out sooner
             # (tests compare with img2dataset's pixels). A full-size image stays uint8: its float
             # copy (23 MB at 1600x1200) would cost more in page faults than it saves.
-            arr = cv2.convertScaleAbs(cv2.resize(arr.astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA))
+            arr = cv2.convertScaleAbs(_downscale(arr.astype(np.float32), (nw, nh), content, cv2.INTER_AREA))
         else:
-            arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_AREA)
+            arr = _downscale(arr, (nw, nh), content, cv2.INTER_AREA)
     elif (nw, nh) != (w, h):
         arr = cv2.resize(arr, (nw, nh), interpolation=cv2.INTER_LANCZOS4)  # img2dataset's default up
     h, w = arr.shape[:2]
@@ -253,18 +276,20 @@ def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
         refused = check_header(width, height, im.format, spec)
         if refused is not None:
             return refused
-        arr, bgr = None, False
+        arr, bgr, eighths = None, False, 8
         if im.format == "JPEG":
-            scale = draft_scale(width, height, spec)
+            eighths = draft_eighths(width, height, spec)
             if im.mode == "RGB":
-                arr = decode_jpeg_bgr(data, width, height, scale)
+                arr = decode_jpeg_bgr(data, width, height, eighths)
                 bgr = arr is not None
-            if arr is None and scale > 1:
-                im.draft("RGB", target_size(width, height, spec))
+            if arr is None:
+                # Pillow's own draft rule (1/2, 1/4 or 1/8, when they cover the target), if any.
+                drafted = im.draft("RGB", target_size(width, height, spec)) if eighths < 8 else None
+                eighths = round(8 * drafted[1][2] / width) if drafted else 8
         if arr is None:
             im.load()
             arr = np.asarray(_to_rgb(im))
-        out = resize(arr, spec, (width, height))
+        out = resize(arr, spec, (width, height), eighths)
         return ImageResult(
             data=encode(out, spec, bgr), width=out.shape[1], height=out.shape[0], original_width=width, original_height=height
         )

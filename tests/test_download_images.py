@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from laion_pipe.images import ImageSpec, draft_scale, process_image, target_size
+from laion_pipe.images import ImageSpec, draft_eighths, process_image, target_size
 from servers import encode, jpeg, noise_image, png_bomb, truncated_jpeg
 
 
@@ -72,27 +72,30 @@ def test_draft_decoding_is_used_and_changes_only_noise(monkeypatch):
     scales = []
     original = images.decode_jpeg_bgr
 
-    def spy(data, width, height, scale):
-        arr = original(data, width, height, scale)
-        scales.append(scale)
-        assert arr.shape == (-(-height // scale), -(-width // scale), 3), "the decoder really decodes smaller"
+    def spy(data, width, height, eighths):
+        arr = original(data, width, height, eighths)
+        scales.append(eighths)
+        assert arr.shape == (-(-height * eighths // 8), -(-width * eighths // 8), 3), "the decoder really decodes smaller"
         return arr
 
     monkeypatch.setattr(images, "decode_jpeg_bgr", spy)
-    for i, (w, h) in enumerate([(1600, 1200), (2048, 1536), (1024, 768)]):
+    for i, (w, h) in enumerate([(1600, 1200), (2048, 1536), (1024, 768), (640, 480)]):
         data = jpeg(w, h, seed=10 + i)
         fast = process_image(data, ImageSpec(draft=True, min_bytes=0))
         full = process_image(data, ImageSpec(draft=False, min_bytes=0))
         assert (fast.width, fast.height) == (full.width, full.height)
         assert psnr(decode(fast.data), decode(full.data)) > 38
-    assert sorted(set(scales)) == [1, 2, 4], "1/4 scale for 1600x1200 and 2048x1536, 1/2 for 1024x768, 1 without draft"
-    # The scale rule is Pillow's draft rule: the decoded size still covers the target.
+    assert sorted(set(scales)) == [2, 3, 5, 8], "2/8 for 1600x1200 and 2048x1536, 3/8 for 1024x768, 5/8 for 640x480, 8/8 without draft"
+    # At 1/2, 1/4 and 1/8 the rule is Pillow's draft rule: the decoded size still covers the target.
     im = Image.open(io.BytesIO(jpeg(1600, 1200)))
     im.draft("RGB", target_size(1600, 1200, ImageSpec()))
-    assert im.size == (400, 300) and draft_scale(1600, 1200, ImageSpec()) == 4
-    assert draft_scale(1600, 1200, ImageSpec(draft=False)) == 1
-    assert draft_scale(1600, 1200, ImageSpec(resize_mode="no")) == 1
-    assert draft_scale(5000, 300, ImageSpec()) == 1, "the short side sets the scale"
+    assert im.size == (400, 300) and draft_eighths(1600, 1200, ImageSpec()) == 2
+    assert draft_eighths(1024, 768, ImageSpec()) == 3, "384x288 covers 341x256; 256x192 (2/8) does not"
+    assert draft_eighths(1600, 1200, ImageSpec(draft=False)) == 8
+    assert draft_eighths(1600, 1200, ImageSpec(resize_mode="no")) == 8
+    assert draft_eighths(5000, 300, ImageSpec()) == 8, "the short side sets the scale"
+    assert draft_eighths(300, 300, ImageSpec()) == 8, "7/8 would cover 256x256, but 6/8 and 7/8 are never used"
+    assert draft_eighths(500, 375, ImageSpec()) == 8, "only 6/8 covers it"
 
 
 def test_truncated_or_grey_jpegs_take_the_pillow_path(monkeypatch):
@@ -100,7 +103,7 @@ def test_truncated_or_grey_jpegs_take_the_pillow_path(monkeypatch):
     reach it; the rest decode (or fail) in Pillow exactly as before."""
     import laion_pipe.images as images
 
-    assert images.decode_jpeg_bgr(truncated_jpeg(), 800, 600, 1) is None
+    assert images.decode_jpeg_bgr(truncated_jpeg(), 800, 600) is None
     assert process_image(truncated_jpeg(), ImageSpec()).reason == "decode_error"
     grey = encode(noise_image(640, 480).convert("L"), "JPEG", quality=95)
     calls = []
@@ -135,14 +138,17 @@ def test_fast_decoder_gives_opencvs_pixels_at_every_scale():
     import cv2
     import laion_pipe.images as images
 
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+    flags = {8: cv2.IMREAD_COLOR, 4: cv2.IMREAD_REDUCED_COLOR_2, 2: cv2.IMREAD_REDUCED_COLOR_4, 1: cv2.IMREAD_REDUCED_COLOR_8}
     for name, data in _odd_colour_jpegs():
         w, h = Image.open(io.BytesIO(data)).size
-        for scale, flag in flags.items():
-            mine = images.decode_jpeg_bgr(data, w, h, scale)
+        for eighths, flag in flags.items():
+            mine = images.decode_jpeg_bgr(data, w, h, eighths)
             ref = cv2.imdecode(np.frombuffer(data, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION)
-            assert mine is not None and mine.shape == ref.shape == (-(-h // scale), -(-w // scale), 3), (name, scale)
-            assert np.array_equal(mine, ref), (name, scale)
+            assert mine is not None and mine.shape == ref.shape == (-(-h * eighths // 8), -(-w * eighths // 8), 3), (name, eighths)
+            assert np.array_equal(mine, ref), (name, eighths)
+        for eighths in (3, 5):  # scales OpenCV does not offer: the size libjpeg rounds up to
+            mine = images.decode_jpeg_bgr(data, w, h, eighths)
+            assert mine is not None and mine.shape == (-(-h * eighths // 8), -(-w * eighths // 8), 3), (name, eighths)
 
 
 def test_fast_decoder_refuses_damaged_data_that_ends_like_a_jpeg():
@@ -151,8 +157,8 @@ def test_fast_decoder_refuses_damaged_data_that_ends_like_a_jpeg():
     import laion_pipe.images as images
 
     damaged = truncated_jpeg() + b"\xff\xd9"
-    assert images.decode_jpeg_bgr(damaged, 800, 600, 1) is None
-    assert images.decode_jpeg_bgr(b"\xff\xd8" + bytes(6000) + b"\xff\xd9", 800, 600, 1) is None
+    assert images.decode_jpeg_bgr(damaged, 800, 600) is None
+    assert images.decode_jpeg_bgr(b"\xff\xd8" + bytes(6000) + b"\xff\xd9", 800, 600) is None
 
 
 def test_draft_is_not_used_when_the_target_is_not_smaller():
