@@ -49,6 +49,8 @@ closer to img2dataset's output for no more CPU: on the download benchmark's 300 
 6/8 and 7/8 gave a mean 41.9 dB (worst 38.7) against 42.9 dB (worst 40.2) without them
 (tests/test_draft_psnr.py::test_six_and_seven_eighths_would_lose_quality)."""
 _WHITE = (255, 255, 255)
+_MAX_ENCODE_SIDE = {"jpg": 65_500, "webp": 16_383, "png": 2**31 - 1}
+"""Longest side each encoder can write (libjpeg's JPEG_MAX_DIMENSION, WebP's format limit)."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,27 @@ def target_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
     return max(round(width * scale), 1), max(round(height * scale), 1)
 
 
+def output_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
+    """(width, height) of the stored image: the resize, then center_crop's crop or border's
+    padding (img2dataset's rules, as `resize` applies them)."""
+    s = spec.image_size
+    side = min(width, height) if spec.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
+    if spec.resize_mode == "no" or (spec.resize_only_if_bigger and side <= s):
+        return width, height
+    w, h = target_size(width, height, spec)
+    if spec.resize_mode == "center_crop":
+        return min(w, s), min(h, s)
+    if spec.resize_mode == "border":
+        return max(w, s), max(h, s)
+    return w, h
+
+
 def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> ImageResult | None:
-    """The refusal for an image of this size and format, or None when it passes."""
+    """The refusal for an image of this size and format, or None when it passes. Besides the
+    configured bounds, two that the resize would otherwise hit after decoding: an extreme aspect
+    ratio makes keep_ratio's long side huge (a 2000x1 image at 512 px is 1,024,000x512: 1.5 GB
+    of pixels, and over JPEG's 65,500 px limit), so the resized size must fit `max_pixels` and
+    the stored size the encoder's side limit."""
     if fmt not in spec.allowed_formats:
         return _refuse("format_not_allowed", f"format {fmt} not in {sorted(spec.allowed_formats)}", width, height)
     if width * height > spec.max_pixels:
@@ -128,6 +149,17 @@ def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> I
         return _refuse("image_too_large", f"{width}x{height} is over {spec.max_width}x{spec.max_height}", width, height)
     if spec.max_aspect_ratio and max(width, height) / max(min(width, height), 1) > spec.max_aspect_ratio:
         return _refuse("bad_aspect_ratio", f"aspect ratio of {width}x{height} is over {spec.max_aspect_ratio}", width, height)
+    if spec.resize_mode != "no":
+        rw, rh = target_size(width, height, spec)
+        if rw * rh > spec.max_pixels:
+            return _refuse("bad_aspect_ratio", f"{width}x{height} resized to {spec.image_size} px is {rw}x{rh}, over {spec.max_pixels} pixels",
+                           width, height)
+    ow, oh = output_size(width, height, spec)
+    limit = _MAX_ENCODE_SIDE[spec.encode_format]
+    if max(ow, oh) > limit:
+        reason = "image_too_large" if (ow, oh) == (width, height) else "bad_aspect_ratio"
+        return _refuse(reason, f"{width}x{height} would be stored as {ow}x{oh}, over the {spec.encode_format} encoder's {limit} px side limit",
+                       width, height)
     return None
 
 

@@ -193,6 +193,48 @@ def test_each_check_has_its_reason(make, spec_kw, reason):
     assert res.data is None and res.error
 
 
+@pytest.mark.parametrize(
+    "size, spec_kw, reason, says",
+    [
+        ((2000, 4), {"image_size": 512}, "bad_aspect_ratio", "over 89478485 pixels"),  # 256000x512 before the crop
+        ((4, 2000), {"image_size": 512, "resize_mode": "center_crop"}, "bad_aspect_ratio", "over 89478485 pixels"),
+        ((1600, 6), {}, "bad_aspect_ratio", "jpg encoder's 65500 px"),  # 68267x256
+        ((2000, 30), {"encode_format": "webp"}, "bad_aspect_ratio", "webp encoder's 16383 px"),  # 17067x256
+        ((17000, 10), {"encode_format": "webp", "resize_mode": "no"}, "image_too_large", "webp encoder's 16383 px"),
+    ],
+)
+def test_extreme_aspect_ratios_are_refused_before_decoding(monkeypatch, size, spec_kw, reason, says):
+    """keep_ratio makes the long side of a sliver huge: refused from the header with what the
+    resize would have made, before any pixels are decoded or a gigabyte-sized array allocated
+    (OpenCV would fail only at encoding, after the work)."""
+    import laion_pipe.images as images
+
+    data = encode(noise_image(*size), "PNG") if spec_kw.get("resize_mode") == "no" else jpeg(*size)
+
+    def no_decoding(*a, **kw):
+        raise AssertionError("refused images must not be decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    monkeypatch.setattr(images, "decode_jpeg_bgr", no_decoding)
+    res = process_image(data, ImageSpec(min_bytes=0, **spec_kw))
+    assert res.reason == reason and says in res.error, res.error
+    assert (res.original_width, res.original_height) == size
+
+
+def test_output_size_follows_the_resize_rules():
+    from laion_pipe.images import output_size
+
+    assert output_size(1600, 1200, ImageSpec()) == (341, 256)
+    assert output_size(1600, 1200, ImageSpec(resize_mode="center_crop")) == (256, 256)
+    assert output_size(1600, 1200, ImageSpec(resize_mode="border")) == (256, 256)
+    assert output_size(100, 80, ImageSpec(resize_only_if_bigger=True)) == (100, 80)
+    assert output_size(100, 80, ImageSpec(resize_mode="no")) == (100, 80)
+    for w, h in [(1600, 1200), (640, 480), (300, 200), (1000, 255)]:
+        for mode in ("keep_ratio", "center_crop", "border"):
+            res = process_image(jpeg(w, h), ImageSpec(resize_mode=mode, min_bytes=0))
+            assert (res.width, res.height) == output_size(w, h, ImageSpec(resize_mode=mode)), (w, h, mode)
+
+
 def test_png_decompression_bomb_is_refused_from_the_header(monkeypatch):
     def no_decoding(self):
         raise AssertionError("a bomb must be refused before its pixels are decoded")
