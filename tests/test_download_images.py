@@ -9,6 +9,8 @@ import io  # noqa: E402
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from laion_pipe.images import ImageSpec, draft_eighths, process_image, target_size
@@ -280,3 +282,31 @@ def test_encode_formats(fmt, pil):
     res = process_image(jpeg(800, 600), ImageSpec(encode_format=fmt, encode_quality=90 if fmt != "png" else 6))
     assert res.ok
     assert Image.open(io.BytesIO(res.data)).format == pil
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    w=st.integers(1, 700), h=st.integers(1, 700), size=st.sampled_from([16, 64, 100, 256]),
+    mode=st.sampled_from(["keep_ratio", "center_crop", "border", "no"]), only_if_bigger=st.booleans(),
+    kind=st.sampled_from(["4:2:0", "4:4:4", "grey", "cmyk", "progressive", "png"]),
+)
+def test_draft_mode_never_changes_the_outcome_or_the_size(w, h, size, mode, only_if_bigger, kind):
+    """Any size, resize mode and JPEG flavour: draft mode (reduced DCT scales, Pillow's drafts for
+    greyscale and CMYK, the bilinear last step) gives the same status, reason and stored size as
+    img2dataset's full decode, and that size is `output_size`'s."""
+    from laion_pipe.images import output_size
+
+    im = noise_image(w, h, seed=w * 1000 + h)
+    data = {
+        "4:2:0": lambda: encode(im, "JPEG", quality=80),
+        "4:4:4": lambda: encode(im, "JPEG", quality=80, subsampling=0),
+        "grey": lambda: encode(im.convert("L"), "JPEG", quality=80),
+        "cmyk": lambda: encode(im.convert("CMYK"), "JPEG", quality=80),
+        "progressive": lambda: encode(im, "JPEG", quality=80, progressive=True),
+        "png": lambda: encode(im, "PNG"),
+    }[kind]()
+    kw = {"image_size": size, "resize_mode": mode, "resize_only_if_bigger": only_if_bigger, "min_bytes": 0}
+    fast, exact = process_image(data, ImageSpec(draft=True, **kw)), process_image(data, ImageSpec(draft=False, **kw))
+    assert (fast.reason, fast.width, fast.height) == (exact.reason, exact.width, exact.height), (fast.error, exact.error)
+    if exact.ok:
+        assert (exact.width, exact.height) == output_size(w, h, ImageSpec(**kw))
