@@ -135,10 +135,12 @@ def output_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
 
 def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> ImageResult | None:
     """The refusal for an image of this size and format, or None when it passes. Besides the
-    configured bounds, two that the resize would otherwise hit after decoding: an extreme aspect
-    ratio makes keep_ratio's long side huge (a 2000x1 image at 512 px is 1,024,000x512: 1.5 GB
-    of pixels, and over JPEG's 65,500 px limit), so the resized size must fit `max_pixels` and
-    the stored size the encoder's side limit."""
+    configured bounds, `image_too_large` for what the resize would make of a sliver: keep_ratio
+    makes its long side huge (a 2000x1 image at 512 px is 1,024,000x512: 1.5 GB of pixels), so
+    the stored size must fit `max_pixels` (else Pillow refuses to open it as a bomb) and the
+    encoder's side limit (JPEG 65,500 px, WebP 16,383), and center_crop's resize before the crop
+    must fit `max_pixels`. img2dataset would try and fail at encoding, or exhaust the worker's
+    memory; here it is refused from the header, before decoding."""
     if fmt not in spec.allowed_formats:
         return _refuse("format_not_allowed", f"format {fmt} not in {sorted(spec.allowed_formats)}", width, height)
     if width * height > spec.max_pixels:
@@ -149,17 +151,19 @@ def check_header(width: int, height: int, fmt: str | None, spec: ImageSpec) -> I
         return _refuse("image_too_large", f"{width}x{height} is over {spec.max_width}x{spec.max_height}", width, height)
     if spec.max_aspect_ratio and max(width, height) / max(min(width, height), 1) > spec.max_aspect_ratio:
         return _refuse("bad_aspect_ratio", f"aspect ratio of {width}x{height} is over {spec.max_aspect_ratio}", width, height)
-    if spec.resize_mode != "no":
-        rw, rh = target_size(width, height, spec)
-        if rw * rh > spec.max_pixels:
-            return _refuse("bad_aspect_ratio", f"{width}x{height} resized to {spec.image_size} px is {rw}x{rh}, over {spec.max_pixels} pixels",
-                           width, height)
     ow, oh = output_size(width, height, spec)
+    if ow * oh > spec.max_pixels:
+        return _refuse("image_too_large", f"{width}x{height} would be stored as {ow}x{oh}, over {spec.max_pixels} pixels "
+                       "(the decompression-bomb bound: Pillow would refuse to open it)", width, height)
     limit = _MAX_ENCODE_SIDE[spec.encode_format]
     if max(ow, oh) > limit:
-        reason = "image_too_large" if (ow, oh) == (width, height) else "bad_aspect_ratio"
-        return _refuse(reason, f"{width}x{height} would be stored as {ow}x{oh}, over the {spec.encode_format} encoder's {limit} px side limit",
-                       width, height)
+        return _refuse("image_too_large", f"{width}x{height} would be stored as {ow}x{oh}, over the {spec.encode_format} "
+                       f"encoder's {limit} px side limit", width, height)
+    if spec.resize_mode == "center_crop" and (ow, oh) != (width, height):
+        rw, rh = target_size(width, height, spec)
+        if rw * rh > spec.max_pixels:
+            return _refuse("image_too_large", f"{width}x{height} resized to {spec.image_size} px before its crop would be "
+                           f"{rw}x{rh}, over {spec.max_pixels} pixels of memory", width, height)
     return None
 
 
@@ -251,12 +255,14 @@ def resize(arr: np.ndarray, spec: ImageSpec, original: tuple[int, int] | None = 
             # does it ~5x faster for the same quality (tests/test_draft_psnr.py). Never taken
             # without draft mode: img2dataset's pixels.
             arr = _downscale(arr, (nw, nh), content, cv2.INTER_LINEAR)
-        elif arr.size <= _FLOAT_AREA_MAX_VALUES:
+        elif arr.size <= _FLOAT_AREA_MAX_VALUES and not (content[0] % nw == 0 and content[1] % nh == 0):
             # img2dataset's default down: INTER_AREA. OpenCV computes it in float either way and
             # rounds to uint8 at the end; on a small (draft-decoded) image its float32 path does the
             # same arithmetic ~15% faster than its uint8 one, so the same bytes come out sooner
-            # (tests compare with img2dataset's pixels). A full-size image stays uint8: its float
-            # copy (23 MB at 1600x1200) would cost more in page faults than it saves.
+            # (tests compare with img2dataset's pixels). Not at whole ratios (2x: 512 -> 256), where
+            # OpenCV's uint8 path takes an integer shortcut that rounds differently. A full-size
+            # image stays uint8: its float copy (23 MB at 1600x1200) would cost more in page
+            # faults than it saves.
             arr = cv2.convertScaleAbs(_downscale(arr.astype(np.float32), (nw, nh), content, cv2.INTER_AREA))
         else:
             arr = _downscale(arr, (nw, nh), content, cv2.INTER_AREA)
@@ -306,12 +312,15 @@ def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
     except Exception as e:  # noqa: BLE001 - any parser failure is a decode error
         return _refuse("decode_error", f"{type(e).__name__}: {e}")
     width, height = im.size
+    # A JPEG with a multi-picture segment (phones write them) opens as MPO: its first picture is
+    # a plain JPEG stream, which is what img2dataset and every decoder here read.
+    fmt = "JPEG" if im.format == "MPO" else im.format
     try:
-        refused = check_header(width, height, im.format, spec)
+        refused = check_header(width, height, fmt, spec)
         if refused is not None:
             return refused
         arr, bgr, eighths = None, False, 8
-        if im.format == "JPEG":
+        if fmt == "JPEG":
             eighths = draft_eighths(width, height, spec)
             if im.mode == "RGB":
                 arr = decode_jpeg_bgr(data, width, height, eighths)

@@ -59,7 +59,8 @@ class DownloadConfig(Section):
     # --- image checks (each failure is a drop reason)
     min_bytes: int = Field(5000, ge=0, description="LAION dropped images under 5 kB")
     allowed_formats: list[str] = Field(["JPEG", "PNG", "WEBP"], description="Pillow format names kept (LAION kept JPEG, PNG, WebP)")
-    max_pixels: int = Field(89_478_485, ge=1, description="decompression bomb limit (width x height), checked on the header before decoding")
+    max_pixels: int = Field(89_478_485, ge=1, description="decompression bomb limit (width x height), checked on the header before decoding; "
+                            "an image whose resize would exceed it (a sliver at keep_ratio or center_crop) is image_too_large")
     min_width: int = Field(0, ge=0, description="narrower images are dropped (image_too_small)")
     min_height: int = Field(0, ge=0, description="lower images are dropped (image_too_small)")
     max_width: int | None = Field(None, ge=1, description="wider images are dropped (image_too_large)")
