@@ -93,9 +93,18 @@ def temporary_files(out: str) -> list[str]:
 
 
 def clean(out: str, stage: str | None = None) -> dict[str, int]:
-    """Remove the work files of `stage` (every stage when None) and the run's temporary files.
-    A stage whose work files go before it completed redoes its phases from its inputs."""
-    removed = {"work_files": 0, "work_bytes": 0, "temporary_files": 0}
+    """Remove what the current plans do not have (`runner.remove_stale`: partitions and files an
+    earlier plan left), the work files of `stage` (every stage when None) and the run's
+    temporary files. A stage whose work files go before it completed redoes its phases from its
+    inputs."""
+    from .runner import remove_stale
+    from .stages import registry
+
+    removed = {"work_files": 0, "work_bytes": 0, "temporary_files": 0, "stale_partitions": 0, "stale_files": 0}
+    for name in [stage] if stage else registry.names():
+        found = remove_stale(out, name)
+        removed["stale_partitions"] += len(found.manifests)
+        removed["stale_files"] += len(found.files)
     stages = [stage] if stage else [w.stage for w in work_summary(out)]
     for s in stages:
         files, size = remove_work(out, s)

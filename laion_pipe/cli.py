@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    """`laion-pipe clean DIR [--stage S]`: remove a run's work files and leftover temporary files."""
+    """`laion-pipe clean DIR [--stage S]`: remove a run's stale outputs, work files and leftover temporary files."""
     from . import fsio
     from .clean import clean
     from .schema import STATE_DIR
@@ -151,8 +151,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
         stage(args.stage)  # an unknown name is a usage error
     removed = clean(args.dir, args.stage)
-    console.print(f"removed {removed['work_files']:,} work files ({removed['work_bytes'] / 1e6:,.1f} MB) and "
-                  f"{removed['temporary_files']:,} temporary files from {args.dir}")
+    console.print(f"removed {removed['work_files']:,} work files ({removed['work_bytes'] / 1e6:,.1f} MB), "
+                  f"{removed['temporary_files']:,} temporary files and {removed['stale_partitions']:,} stale partitions "
+                  f"with {removed['stale_files']:,} stale files from {args.dir}")
     return EXIT_OK
 
 
@@ -211,13 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
     p.set_defaults(fn=cmd_demo)
 
-    p = sub.add_parser("clean", help="remove a run's work files (_work/) and leftover temporary files",
-                       description="Remove the work files stages keep between their phases (_work/STAGE/, e.g. dedup's "
-                                   "buckets) and temporary files left by killed writes. A stage deletes its own work "
-                                   "files when it completes; removing them earlier makes its next run start its "
-                                   "phases again from its inputs.")
+    p = sub.add_parser("clean", help="remove a run's stale outputs, work files (_work/) and leftover temporary files",
+                       description="Remove the partitions and files that a stage's current plan no longer has (left by "
+                                   "an earlier plan: `laion-pipe status` lists them as stale; no stage reads them, and "
+                                   "the stage's next run removes them too), the work files stages keep between their "
+                                   "phases (_work/STAGE/, e.g. dedup's buckets) and temporary files left by killed writes. "
+                                   "A stage deletes its own work files when it completes; removing them earlier makes "
+                                   "its next run start its phases again from its inputs.")
     p.add_argument("dir", metavar="DIR", help="a run directory")
-    p.add_argument("--stage", metavar="S", help="only this stage's work files (default: every stage's)")
+    p.add_argument("--stage", metavar="S", help="only this stage's stale outputs and work files (default: every stage's)")
     p.set_defaults(fn=cmd_clean)
 
     p = sub.add_parser("status", help="which partitions of which stage are done, failed or pending")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import fsio
-from .runner import LOG_DIR, StageReport, read_manifest, stage_status
+from .runner import LOG_DIR, StageReport, read_manifest, stage_status, stale
 from .schema import STATE_DIR
 from .stages import registry
 
@@ -97,8 +97,14 @@ def print_status(out: str, as_json: bool = False) -> int:
         console.print(f"[red]error:[/red] {out} is not a run directory: it {what}")
         return 2
     result = {}
+    memo: dict = {}
+    leftovers = {}
     for stage in _stage_names(out):
-        st = stage_status(out, stage)
+        st = stage_status(out, stage, memo)
+        found = stale(out, stage)
+        if found:
+            leftovers[stage] = found
+            st = {**st, "stale_manifests": found.manifests, "stale_files": found.files}
         if any(st.values()):
             result[stage] = st
     if as_json:
@@ -107,16 +113,22 @@ def print_status(out: str, as_json: bool = False) -> int:
         if not result:
             console.print(f"no stage state under {out}")
         table = Table(title=f"status: {out}")
-        for col in ("stage", "done", "failed", "pending"):
+        for col in ("stage", "done", "failed", "pending", "stale"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         for stage, st in result.items():
-            table.add_row(stage, str(len(st["done"])), str(len(st["failed"])), str(len(st["pending"])))
+            n_stale = len(st.get("stale_manifests", ())) + len(st.get("stale_files", ()))
+            table.add_row(stage, str(len(st["done"])), str(len(st["failed"])), str(len(st["pending"])), str(n_stale))
         Console().print(table)
         for stage, st in result.items():
             for key in st["failed"]:
                 m = read_manifest(out, stage, key) or {}
                 log = f" (traceback: {fsio.join(out, m['log'])})" if m.get("log") else ""
                 Console().print(f"[red]failed[/red] {stage}/{key}: {m.get('error', '?')}{log}")
+        for stage, found in leftovers.items():
+            shown = ", ".join(found.files[:3] + [f"{STATE_DIR}/{stage}/{k}.json" for k in found.manifests[:3]])
+            Console().print(f"[yellow]stale[/yellow] {stage}: {len(found.manifests)} partitions and {len(found.files)} files "
+                            f"its current plan does not have ({shown}{', ...' if len(found.files) + len(found.manifests) > 6 else ''}); "
+                            f"no stage reads them; `laion-pipe clean {out}` removes them, as the stage's next run would")
     if not as_json:
         _print_work_files(out)
     incomplete = any(st["failed"] or st["pending"] for st in result.values())

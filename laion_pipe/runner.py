@@ -14,9 +14,22 @@ under accelerate) or that plan in phases (dedup, select):
 - `prune(out, stage, keep_keys)`: remove partitions (manifests and the outputs they list) that
   the current plan no longer has.
 `--force` reaches every stage one way: `wf.runner.force`, read by `run_stage`.
+
+Reruns converge (the rule every stage keeps, so a rerun after any change of inputs or settings
+leaves the run as a fresh run with the final settings would):
+- a stage reads exactly its upstream's *current* partitions (`current(out, stage)`): those of the
+  upstream's `_plan.json` whose manifest is done with the plan's fingerprint and whose own
+  upstream is current in turn, never whatever files lie in a folder;
+- a partition names the upstream partitions it reads (`Partition.upstream`, with their
+  fingerprints, which its own fingerprint includes): a change upstream invalidates what was
+  computed from it downstream, whatever the file names;
+- before a stage runs, the manifests its plan no longer has and every file in its output folder
+  that no planned partition claims are removed (`remove_stale`), so nothing downstream can read
+  them. `stale(out, stage)` tells `status` what a run holds that its plans do not.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 import traceback
@@ -42,6 +55,9 @@ class Partition:
     inputs: tuple[str, ...]
     fingerprint: str
     params: tuple[tuple[str, Any], ...] = ()
+    upstream: tuple[tuple[str, str, str], ...] = ()
+    """(stage, key, fingerprint) of every upstream partition this one reads; the fingerprint
+    must include them (`fingerprint(..., part_upstream)`), and `current` checks them."""
 
     def param(self, name: str, default: Any = None) -> Any:
         return dict(self.params).get(name, default)
@@ -174,7 +190,7 @@ def prune(out: str, stage: str, keep_keys: Iterable[str], *, within: Callable[[s
     for key in manifest_keys(out, stage):
         if key in keep or (within is not None and not within(key)):
             continue
-        _remove(out, (read_manifest(out, stage, key) or {}).get("outputs", []))
+        _remove(out, _claimed(read_manifest(out, stage, key)))
         fs, p = fsio.fs_and_path(manifest_path(out, stage, key))
         fs.rm(p)
         removed.append(key)
@@ -194,6 +210,7 @@ def _run_partition(stage: str, part: Partition, fn: StageFn, out: str, wf: Any) 
     return write_manifest(
         out, stage, part.key, fingerprint=part.fingerprint, inputs=part.inputs, outcome=outcome,
         started=started, finished=finished, seconds=round(finished - started, 3),
+        **({"upstream": [list(u) for u in part.upstream]} if part.upstream else {}),
     )  # fmt: skip
 
 
@@ -260,12 +277,199 @@ def write_failure_log(out: str, stage: str, key: str, error: str, tb: str, attem
     return rel
 
 
+PLAN_FILE = "_plan.json"
+
+
+def plan_path(out: str, stage: str) -> str:
+    return fsio.join(out, STATE_DIR, stage, PLAN_FILE)
+
+
 def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
-    """Record which partitions a stage has, so `status` can tell pending from done."""
+    """Record which partitions a stage has now, with their fingerprints and the upstream
+    partitions they read: what `status` tells pending from done by, and what `current` trusts."""
     fsio.write_json_atomic(
-        fsio.join(out, STATE_DIR, stage, "_plan.json"),
-        {"stage": stage, "partitions": [{"key": p.key, "inputs": list(p.inputs)} for p in partitions]},
-    )
+        plan_path(out, stage),
+        {
+            "stage": stage,
+            "written": time.time(),
+            "partitions": [
+                {"key": p.key, "inputs": list(p.inputs), "fingerprint": p.fingerprint,
+                 **({"upstream": [list(u) for u in p.upstream]} if p.upstream else {})}
+                for p in partitions
+            ],
+        },
+    )  # fmt: skip
+
+
+def read_plan(out: str, stage: str) -> list[dict] | None:
+    """The partitions of `stage`'s current plan (dicts: key, inputs, fingerprint, upstream), or
+    None when the stage never planned in this run directory."""
+    try:
+        plan = fsio.read_json(plan_path(out, stage))
+    except FileNotFoundError:
+        return None
+    return list(plan.get("partitions", []))  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class DonePartition:
+    """A partition of a stage's current plan that is done with the plan's fingerprint."""
+
+    key: str
+    fingerprint: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]  # relative to the run directory
+    manifest: dict = field(compare=False, repr=False)
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        """(stage, key, fingerprint): what a downstream partition records in its `upstream`."""
+        return (self.manifest.get("stage", ""), self.key, self.fingerprint)
+
+
+def _read_manifests(out: str, stage: str, keys: list[str]) -> list[dict | None]:
+    """Many manifests at once (threads: on an object store each read is a request)."""
+    if len(keys) < 64:
+        return [read_manifest(out, stage, k) for k in keys]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(lambda k: read_manifest(out, stage, k), keys))
+
+
+def current(out: str, stage: str, _memo: dict | None = None) -> list[DonePartition]:
+    """The done partitions of `stage`'s current plan, in plan order: a manifest counts only if its
+    key is in the plan, it is done with the plan's fingerprint, and every upstream partition it
+    read is current with the fingerprint it read (checked up the whole chain). What a
+    downstream stage reads; never a folder listing. A stage that never planned has none."""
+    memo = {} if _memo is None else _memo
+    if stage in memo:
+        return memo[stage]
+    plan = read_plan(out, stage) or []
+    manifests = _read_manifests(out, stage, [e["key"] for e in plan])
+    found: list[DonePartition] = []
+    upstream_fps: dict[str, dict[str, str]] = {}
+    for entry, m in zip(plan, manifests):
+        if not m or m.get("status") != "done":
+            continue
+        fp = entry.get("fingerprint", m.get("fingerprint"))  # plans written before fingerprints were recorded
+        if m.get("fingerprint") != fp:
+            continue
+        ok = True
+        for ustage, ukey, ufp in entry.get("upstream", ()):
+            if ustage not in upstream_fps:
+                done = current(out, ustage, memo)
+                upstream_fps[ustage] = {d.key: d.fingerprint for d in done}
+                upstream_fps[ustage][ALL] = digest((d.key, d.fingerprint) for d in done)
+            if upstream_fps[ustage].get(ukey) != ufp:
+                ok = False
+                break
+        if ok:
+            m.setdefault("stage", stage)
+            found.append(DonePartition(entry["key"], fp, tuple(m.get("inputs", ())), tuple(m.get("outputs", ())), m))
+    memo[stage] = found
+    return found
+
+
+ALL = "*"
+"""The key of an upstream reference to a whole stage (`stage_ref`)."""
+
+
+def digest(pairs: Iterable[tuple[str, str]]) -> str:
+    """One fingerprint of a set of (key, fingerprint) pairs, whatever their order."""
+    return fingerprint(sorted(pairs))
+
+
+def stage_ref(stage: str, parts: Iterable[Partition | DonePartition]) -> tuple[str, str, str]:
+    """An upstream reference to every partition of `stage` at once: for a partition that reads
+    all of its upstream (a dedup bucket reads every bucketing task's files), one entry instead of
+    one per upstream partition, so a plan does not grow with the square of the input."""
+    return (stage, ALL, digest((p.key, p.fingerprint) for p in parts))
+
+
+def current_outputs(out: str, stage: str) -> list[str]:
+    """Full paths of every output file of `stage`'s current partitions, in plan order."""
+    return [fsio.join(out, rel) for d in current(out, stage) for rel in d.outputs]
+
+
+@dataclass
+class Stale:
+    """What a stage's folder and state hold that its current plan does not: manifests of keys the
+    plan no longer has, and files in its output folder that no planned partition claims."""
+
+    stage: str
+    manifests: list[str] = field(default_factory=list)  # keys
+    files: list[str] = field(default_factory=list)  # paths relative to the run directory
+
+    def __bool__(self) -> bool:
+        return bool(self.manifests or self.files)
+
+
+def _claimed(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    return list(m.get("outputs", ())) + list(m.get("previous_outputs", ()))
+
+
+def _is_claimed(rel: str, claimed: set[str]) -> bool:
+    """A file is claimed when it, or a folder above it, is an output (a model folder)."""
+    while rel:
+        if rel in claimed:
+            return True
+        rel = rel.rpartition("/")[0]
+    return False
+
+
+def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = ()) -> Stale:
+    """The stale manifests and output files of `stage` (see `Stale`; temporary files of killed
+    writes are `clean`'s, not counted here). `out_dir` is the stage's
+    output folder relative to `out` (None: the registry's, or none); `keep` names files the
+    stage writes beside its partitions (relative paths). A stage that never planned has none."""
+    found = Stale(stage)
+    plan = read_plan(out, stage)
+    if plan is None:
+        return found
+    planned = {e["key"] for e in plan}
+    claimed = set(keep)
+    keys = manifest_keys(out, stage)
+    for key, m in zip(keys, _read_manifests(out, stage, keys)):
+        if key in planned:
+            claimed.update(_claimed(m))
+        else:
+            found.manifests.append(key)
+    if out_dir is None:
+        from .stages import registry
+
+        row = next((r for r in registry.STAGE_TABLE if r.name == stage), None)
+        # Only the Dask stages' folders hold nothing but their partitions' outputs (a training
+        # folder also holds checkpoints and samples that no manifest lists).
+        out_dir = row.out_dir if row is not None and row.curation else None
+    if out_dir:
+        fs, root = fsio.fs_and_path(fsio.join(out, out_dir))
+        if fs.isdir(root):
+            base = root.rstrip("/")[: -len(out_dir.strip("/"))].rstrip("/")
+            for path in sorted(fs.find(root)):
+                rel = path[len(base) + 1 :]
+                if not rel.rpartition("/")[2].startswith(fsio.TMP_PREFIX) and not _is_claimed(rel, claimed):
+                    found.files.append(rel)
+    found.manifests.sort()
+    return found
+
+
+def remove_stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = ()) -> Stale:
+    """Remove what `stale` finds: the stale manifests with the outputs they list, then the
+    unclaimed files. Returns what was removed."""
+    found = stale(out, stage, out_dir, keep)
+    plan = read_plan(out, stage) or []
+    prune(out, stage, [e["key"] for e in plan])
+    _remove(out, found.files)
+    folders = {rel.rpartition("/")[0] for rel in found.files}
+    for folder in sorted(folders, key=len, reverse=True):  # a recipe dropped from the workflow: its folder goes too
+        fs, p = fsio.fs_and_path(fsio.join(out, folder))
+        with contextlib.suppress(OSError, FileNotFoundError):
+            if fs.isdir(p) and not fs.ls(p):
+                fs.rmdir(p)
+    return found
 
 
 def run_stage(
@@ -277,9 +481,11 @@ def run_stage(
     client: Client,
     *,
     resources: dict[str, float] | None = None,
+    keep: Iterable[str] = (),
 ) -> StageReport:
     """Run `fn` over `partitions` on `client`, skipping those already done with the same
-    fingerprint (unless `wf.runner.force`). Failed partitions (after `wf.runner.retries` Dask
+    fingerprint (unless `wf.runner.force`). First the plan is recorded and what it no longer has
+    is removed (`remove_stale`; `keep`: files the stage writes beside its partitions). Failed partitions (after `wf.runner.retries` Dask
     retries) get a manifest with status "failed" and their error, and their full traceback in
     `_state/logs/{stage}/{key}.log`; the others still complete."""
     t0 = time.time()
@@ -287,6 +493,7 @@ def run_stage(
     if len(set(keys)) != len(keys):
         raise ValueError(f"{stage}: duplicate partition keys")
     write_plan(out, stage, partitions)
+    remove_stale(out, stage, keep=keep)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
     runner_cfg = getattr(wf, "runner", None)
@@ -333,6 +540,7 @@ def run_stage(
                 failure = write_manifest(
                     out, stage, part.key, fingerprint=part.fingerprint, inputs=part.inputs, status="failed",
                     error=error, traceback=tb[-5000:], attempts=retries + 1, log=log,
+                    previous_outputs=_claimed(read_manifest(out, stage, part.key)),
                 )  # fmt: skip
                 report.failed.append({"key": part.key, "error": failure["error"], "log": fsio.join(out, log)})
             fut.release()
@@ -341,19 +549,26 @@ def run_stage(
     return report
 
 
-def stage_status(out: str, stage: str) -> dict[str, list[str]]:
-    """done / failed / pending partition keys of one stage of a run directory."""
-    plan_path = fsio.join(out, STATE_DIR, stage, "_plan.json")
-    planned: list[str] = []
-    if fsio.exists(plan_path):
-        planned = [p["key"] for p in fsio.read_json(plan_path)["partitions"]]  # type: ignore[index]
+def stage_status(out: str, stage: str, _memo: dict | None = None) -> dict[str, list[str]]:
+    """done / failed / pending partition keys of one stage of a run directory, by its current
+    plan: done means `current` (done with the plan's fingerprint, upstream current); a planned
+    partition done with another fingerprint, or whose upstream changed since, is pending.
+    Manifests of keys the plan no longer has are stale (`stale`), not counted here."""
+    plan = read_plan(out, stage)
     status: dict[str, list[str]] = {"done": [], "failed": [], "pending": []}
-    seen = set()
-    for key in manifest_keys(out, stage):
-        m = read_manifest(out, stage, key)
-        st = (m or {}).get("status")
-        if st in ("done", "failed"):
-            status[st].append(key)
-            seen.add(key)
-    status["pending"] = [k for k in planned if k not in seen]
+    if plan is None:  # no plan recorded: the manifests alone
+        for key in manifest_keys(out, stage):
+            st = (read_manifest(out, stage, key) or {}).get("status")
+            if st in ("done", "failed"):
+                status[st].append(key)
+        return {k: sorted(v) for k, v in status.items()}
+    done = {d.key for d in current(out, stage, _memo)}
+    keys = [e["key"] for e in plan]
+    for key, m in zip(keys, _read_manifests(out, stage, keys)):
+        if key in done:
+            status["done"].append(key)
+        elif m and m.get("status") == "failed":
+            status["failed"].append(key)
+        else:
+            status["pending"].append(key)
     return {k: sorted(v) for k, v in status.items()}

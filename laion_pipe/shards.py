@@ -16,6 +16,7 @@ import tarfile
 from collections.abc import Iterator
 
 from . import fsio
+from .runner import DonePartition, current, read_plan
 from .schema import IMAGE_EXTS, STAGE_DIRS
 
 _UNIQUE = STAGE_DIRS["dedup"]
@@ -67,41 +68,58 @@ def dataset_shard(name: str, index: int) -> dict[str, str]:
 
 
 # --- listing ----------------------------------------------------------------------------------------
+# What a stage reads of its upstream is that stage's current plan (`runner.current`), never a
+# folder listing: a file an older plan left behind (or anything else lying in the folder) is not
+# an input. Each entry carries its `DonePartition`, whose `ref` goes into the reader's `upstream`.
 
 
-def _stems(pattern: str, suffix: str) -> list[str]:
-    return [p.rpartition("/")[2][: -len(suffix)] for p in fsio.glob(pattern)]
-
-
-def unique_parts(out: str) -> list[tuple[str, int, str]]:
-    """(subset, part index, path) of every dedup part, in path order."""
+def _outputs(out: str, stage: str, folder: str, pattern: re.Pattern) -> list[tuple[str, re.Match, str, DonePartition]]:
+    """(subset or recipe folder, file-name match, full path, partition) of the current outputs of
+    `stage` under `folder/{name}/` whose file name matches `pattern`, in plan order."""
     found = []
-    for path in fsio.glob(fsio.join(out, _UNIQUE, "*", "part-*.parquet")):
-        folder, _, name = path.rpartition("/")
-        m = _PART.match(name)
-        if m:
-            found.append((folder.rpartition("/")[2], int(m.group(1)), path))
+    for done in current(out, stage):
+        for rel in done.outputs:
+            top, _, rest = rel.partition("/")
+            name, _, base = rest.rpartition("/")
+            m = pattern.match(base)
+            if top == folder and m and "/" not in name:
+                found.append((name, m, fsio.join(out, rel), done))
     return found
 
 
-def image_shards(out: str, subset: str) -> list[str]:
-    """Names of the download shards of `subset` that have a tar, in order."""
-    return _stems(fsio.join(out, _IMAGES, subset, "*.tar"), ".tar")
+def unique_parts(out: str) -> list[tuple[str, int, str, DonePartition]]:
+    """(subset, part index, path, dedup partition) of every current dedup part."""
+    return [(sub, int(m.group(1)), path, d) for sub, m, path, d in _outputs(out, "dedup", _UNIQUE, _PART)]
 
 
-def score_shards(out: str, subset: str) -> list[str]:
-    """Names of the scored shards of `subset`, in order."""
-    return _stems(fsio.join(out, _SCORES, subset, "*.parquet"), ".parquet")
+def image_shards(out: str, subset: str) -> list[tuple[str, DonePartition]]:
+    """(name, download partition) of the current download shards of `subset` that have a tar, in order."""
+    return sorted((m.group(1), d) for sub, m, _, d in _outputs(out, "download", _IMAGES, _SHARD)
+                  if sub == subset and m.group(2) == "tar")  # fmt: skip
+
+
+def score_shards(out: str, subset: str) -> list[tuple[str, DonePartition]]:
+    """(name, score partition) of the current scored shards of `subset`, in order."""
+    return sorted((m.group(1), d) for sub, m, _, d in _outputs(out, "score", _SCORES, _SHARD)
+                  if sub == subset and m.group(2) == "parquet")  # fmt: skip
 
 
 def dataset_files(out: str, name: str) -> list[tuple[int, str]]:
-    """(index, path) of every numbered tar or parquet file in `dataset/{name}/`, in path order."""
-    found = []
-    for path in fsio.glob(fsio.join(out, dataset_dir(name), "[0-9]*.*")):
-        m = _SHARD.match(path.rpartition("/")[2])
-        if m:
-            found.append((int(m.group(1)), path))
-    return found
+    """(index, path) of every numbered tar or parquet file of recipe `name`'s current select
+    partitions, in path order."""
+    return sorted((int(m.group(1)), path) for rec, m, path, _ in _outputs(out, "select", _DATASET, _SHARD) if rec == name)
+
+
+def current_dataset_parquets(out: str) -> dict[str, list[str]] | None:
+    """Recipe name -> the parquet files of its current select partitions, in shard order; None
+    when the select stage has no plan in `out` (a dataset folder copied without its state)."""
+    if read_plan(out, "select") is None:
+        return None
+    found: dict[str, list[str]] = {}
+    for rec, m, path, _ in _outputs(out, "select", _DATASET, _SHARD):
+        if m.group(2) == "parquet":
+            found.setdefault(rec, []).append(path)
+    return {k: sorted(v) for k, v in found.items()}
 
 
 def dataset_tars(out: str, name: str) -> list[str]:

@@ -129,7 +129,27 @@ def write_shard(root: str | Path, subset: str, shard: int, pairs: list[Pair], ex
             tw.write({"__key__": key, ext: data, "txt": p.text.encode(), "json": orjson.dumps(meta)})
             rows.append(row)
     pq.write_table(pa.Table.from_pylist(rows, schema=DOWNLOAD_SCHEMA), pq_path)
+    record_done(root, "download", f"{subset}-{shard:05d}",
+                [f"images/{subset}/{shard:05d}.tar", f"images/{subset}/{shard:05d}.parquet"])
     return tar_path, pq_path
+
+
+def record_done(root: str | Path, stage: str, key: str, outputs: list[str]) -> None:
+    """Record hand-written files as a done partition of `stage` in the run directory, as the
+    stage itself would have: added to the stage's plan and marked done with a fingerprint of the
+    files' identities (a file written again gets a new one). Stages read their upstream's current
+    plan, never a folder listing, so files a test writes by hand must be recorded to be read."""
+    from laion_pipe import fsio, runner
+
+    out = str(root)
+    previous = runner.read_manifest(out, stage, key) or {}
+    outputs = sorted(set(previous.get("outputs", [])) | set(outputs))
+    fp = runner.fingerprint(key, [(rel, fsio.fingerprint_of(fsio.join(out, rel))) for rel in outputs])
+    plan = [e for e in runner.read_plan(out, stage) or [] if e["key"] != key]
+    parts = [runner.Partition(e["key"], tuple(e["inputs"]), e["fingerprint"]) for e in plan]
+    runner.write_plan(out, stage, sorted([*parts, runner.Partition(key, (), fp)], key=lambda p: p.key))
+    outcome = runner.Outcome(outputs=outputs)
+    runner.write_manifest(out, stage, key, fingerprint=fp, inputs=[], outcome=outcome)
 
 
 def _encode(img: Image.Image, ext: str) -> bytes:

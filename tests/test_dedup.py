@@ -15,6 +15,7 @@ from laion_pipe import clean, fsio, runner
 from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.schema import CANDIDATE_SCHEMA, SUBSETS
 from laion_pipe.stages import dedup
+from shards import record_done
 
 COLS = CANDIDATE_SCHEMA.names
 
@@ -32,6 +33,7 @@ def row(uid, url, text="a caption", subset="en", page="http://page.example/", la
 def write_candidates(out: Path, subset: str, index: int, rows: list[dict], schema=CANDIDATE_SCHEMA) -> str:
     path = str(out / "candidates" / subset / f"part-{index:05d}.parquet")
     fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), path)
+    record_done(out, "extract", f"part-{index:05d}", [f"candidates/{subset}/part-{index:05d}.parquet"])
     return path
 
 
@@ -332,7 +334,10 @@ def test_work_files_go_when_dedup_completes(tmp_path, dask_client):
     (out / dedup.WORK_DIR / "buckets" / "x.parquet").write_bytes(b"12345")
     (out / "unique" / "en" / ".tmp-0123-part-00000.parquet").write_bytes(b"half")
     assert clean.work_summary(str(out)) == [clean.WorkFiles("dedup", 1, 5)]
-    assert clean.clean(str(out)) == {"work_files": 1, "work_bytes": 5, "temporary_files": 1}
+    # the part whose manifest is gone is no longer claimed by the plan: stale, removed with the rest
+    assert clean.clean(str(out)) == {"work_files": 1, "work_bytes": 5, "temporary_files": 1,
+                                     "stale_partitions": 0, "stale_files": 1}
+    assert not (out / "unique" / "en" / "part-00000.parquet").exists()
     assert not (out / "_work").exists() or not any((out / "_work").iterdir())
     assert not list(out.rglob(".tmp-*"))
     last = dedup.run(str(out), wf_of(n_buckets=3, rows_per_part=25), dask_client)
@@ -376,6 +381,7 @@ def test_bad_rows_are_counted_not_fatal(tmp_path, dask_client):
     # a file from an older extract without the optional columns still reads
     fsio.write_parquet_atomic(pa.table({"uid": ["6"], "url": ["http://ok.com/e.jpg"], "text": ["t t"],
                                         "subset": ["multi"]}), str(out / "candidates/multi/part-00000.parquet"))
+    record_done(out, "extract", "part-00000", ["candidates/multi/part-00000.parquet"])
     rep = dedup.run(str(out), wf_of(), dask_client)
     assert rep.complete
     assert rep.counts["bad_records"] == 4 and rep.counts["candidates_in"] == 2
@@ -389,6 +395,7 @@ def test_unreadable_file_fails_its_task_and_stops_before_dedup(tmp_path, dask_cl
     out = tmp_path / "run"
     write_candidates(out, "en", 0, [row("1", "http://ok.com/a.jpg")])
     fsio.write_parquet_atomic(pa.table({"uid": ["2"], "link": ["x"]}), str(out / "candidates/en/part-00001.parquet"))
+    record_done(out, "extract", "part-00001", ["candidates/en/part-00001.parquet"])
     rep = dedup.run(str(out), wf_of(group_target_bytes=1), dask_client)
     assert not rep.complete
     assert [f["key"] for f in rep.failed] == ["dedup.bucket/cand-en-part-00001"]
@@ -412,7 +419,7 @@ def test_missing_or_malformed_blocklist_fails_before_any_work(tmp_path, dask_cli
     (tmp_path / "h.txt").write_text("not-a-hash\n")
     with pytest.raises(ValueError, match="h.txt:1"):
         dedup.run(str(out), wf_of(blocked_url_hashes=[str(tmp_path / "h.txt")]), dask_client)
-    assert not (out / "_state").exists()
+    assert sorted(p.name for p in (out / "_state").iterdir()) == ["extract"]  # what the test recorded, nothing of dedup's
 
 
 def test_no_candidates_is_an_empty_result(tmp_path, dask_client):

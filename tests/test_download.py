@@ -24,6 +24,7 @@ from laion_pipe.demo import imageserver as srv
 from laion_pipe.schema import CANDIDATE_SCHEMA, DROP_REASONS
 from laion_pipe.stages import download
 from servers import ALLOW, MAX_BYTES, jpeg, misbehaving_world
+from shards import record_done
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -57,6 +58,7 @@ def write_part(out: Path, subset: str, index: int, urls: list[str | None]) -> Pa
     path = out / "unique" / subset / f"part-{index:05d}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
+    record_done(out, "dedup", f"{subset}-part-{index:05d}", [f"unique/{subset}/part-{index:05d}.parquet"])
     return path
 
 

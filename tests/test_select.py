@@ -13,11 +13,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from shards import Pair, draw_image, write_shard
+from shards import Pair, draw_image, record_done, write_shard
 
 from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.config.presets import PRESETS
 from laion_pipe.recipes import resolve_recipes
+from laion_pipe import runner
 from laion_pipe.runner import stage_status
 from laion_pipe.schema import DATASET_SCHEMA, SCORE_SCHEMA
 from laion_pipe.stages import select
@@ -50,6 +51,7 @@ def write_scored(root, subset: str, shard: int, rows: list[dict], ext: str = "jp
     folder = root / "scores" / subset
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, folder / f"{shard:05d}.parquet")
+    record_done(root, "score", f"{subset}-{shard:05d}", [f"scores/{subset}/{shard:05d}.parquet"])
 
 
 def wf_of(**select_cfg):
@@ -57,9 +59,15 @@ def wf_of(**select_cfg):
 
 
 def run_all(out, wf) -> dict:
-    """plan + process every partition here (no cluster); manifests by key."""
+    """plan + process every partition here (no cluster), recording the plan and the manifests
+    as the runner does (what later readers go by); outcomes by key."""
     parts = select.plan(str(out), wf)
-    return {p.key: select.process(p, str(out), wf) for p in parts}
+    runner.write_plan(str(out), select.NAME, parts)
+    outcomes = {}
+    for p in parts:
+        outcomes[p.key] = select.process(p, str(out), wf)
+        runner.write_manifest(str(out), select.NAME, p.key, fingerprint=p.fingerprint, inputs=p.inputs, outcome=outcomes[p.key])
+    return outcomes
 
 
 def read_dataset(out, name: str) -> tuple[pa.Table, dict[str, dict]]:

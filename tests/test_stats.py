@@ -23,6 +23,7 @@ from laion_pipe.schema import DATASET_SCHEMA
 from laion_pipe.stages import stats as stage
 from laion_pipe.stats import TABLE_KEYS, StatsInputError, StatsResult, compute
 from laion_pipe.stats.partials import Spec, bin_counts, domains, partial_counts
+from shards import record_done
 
 # ---------------------------------------------------------------- the hand-built run
 
@@ -77,9 +78,9 @@ def _table(rows, subset: str) -> pa.Table:
     return pa.Table.from_pydict(data, schema=DATASET_SCHEMA)
 
 
-def _manifest(stage: str, key: str, kept: dict, drops: dict, status: str = "done") -> dict:
+def _manifest(stage: str, key: str, kept: dict, drops: dict, status: str = "done", outputs: tuple = ()) -> dict:
     return {"version": 1, "stage": stage, "key": key, "status": status, "fingerprint": "x", "inputs": [],
-            "counts": {"pairs_in": sum(kept.values())}, "kept": kept, "drops": drops, "errors": [], "outputs": []}
+            "counts": {"pairs_in": sum(kept.values())}, "kept": kept, "drops": drops, "errors": [], "outputs": list(outputs)}
 
 
 def build_run(root: Path) -> Path:
@@ -102,10 +103,13 @@ def build_run(root: Path) -> Path:
         ],
         "dedup": [_manifest("dedup", "part-00000", {"en": 8, "multi": 5, "nolang": 2},
                             {"en": {"duplicate_url": 2}, "multi": {"duplicate_url": 1}, "nolang": {"duplicate_url": 1}})],
-        "select": [
-            _manifest("select", "part-00000", {"en": 3, "multi": 3}, {"en": {"low_similarity": 2}, "multi": {"low_similarity": 2}}),
+        "select": [  # the dataset files are the select partitions' outputs: what the statistics read
+            _manifest("select", "part-00000", {"en": 3, "multi": 3}, {"en": {"low_similarity": 2}, "multi": {"low_similarity": 2}},
+                      outputs=("dataset/en/00000.parquet", "dataset/en/00000.tar", "dataset/multi/00000.parquet",
+                               "dataset/laion2B-en/00000.parquet")),
             _manifest("select", "part-00001", {"en": 2, "nolang": 1}, {"en": {"low_similarity": 1, "unsafe": 1},
-                                                                      "nolang": {"low_similarity": 1}}),
+                                                                      "nolang": {"low_similarity": 1}},
+                      outputs=("dataset/en/00001.parquet", "dataset/nolang/00000.parquet")),
             _manifest("select", "old-part", {"en": 1000}, {}),  # not in the current plan: ignored
         ],
     }
@@ -115,7 +119,8 @@ def build_run(root: Path) -> Path:
         (state / st).mkdir(parents=True)
         for m in ms:
             (state / st / f"{m['key']}.json").write_bytes(orjson.dumps(m))
-        (state / st / "_plan.json").write_bytes(orjson.dumps({"stage": st, "partitions": [{"key": k, "inputs": []} for k in plans[st]]}))
+        (state / st / "_plan.json").write_bytes(orjson.dumps({"stage": st, "partitions": [
+            {"key": k, "inputs": [], "fingerprint": "x"} for k in plans[st]]}))
     return root
 
 
@@ -318,6 +323,7 @@ def test_stage_run_writes_stats_and_resumes(run_dir, dask_client):
 
     assert stage.run(str(run_dir), wf, dask_client).skipped == 1  # nothing changed
     pq.write_table(_table(EN_2, "nolang"), run_dir / "dataset/nolang/00001.parquet")  # select wrote more
+    record_done(run_dir, "select", "nolang-00001", ["dataset/nolang/00001.parquet"])
     rep = stage.run(str(run_dir), wf, dask_client)
     assert rep.done == 1
     assert _rows(stage.load_result(str(run_dir)))["nolang"]["count"] == 2

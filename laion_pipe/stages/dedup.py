@@ -39,7 +39,7 @@ The rules (what a user can rely on):
   bad records (`outcome.error`), not crashes; a file without the required columns fails its task.
 - Any change of the inputs or settings redoes the phases after the bucketing of unchanged files:
   a global dedup cannot be updated incrementally. Partitions and their files that a new plan no
-  longer has (fewer buckets, fewer parts) are removed (`runner.prune`), so `unique/` never holds
+  longer has (fewer buckets, fewer parts) are removed by the runner (`runner.remove_stale`), so `unique/` never holds
   stale parts.
 
 Why one module of ~590 lines (over the ~400 the other stages keep to): the three phases are one
@@ -208,11 +208,15 @@ def _group(files: list[tuple[str, str, int]], target: int) -> list[list[tuple[st
     return groups
 
 
-def candidate_files(out: str) -> list[str]:
-    found: list[str] = []
-    for subset in SUBSETS:
-        found += fsio.glob(fsio.join(out, STAGE_DIRS["extract"], subset, "*.parquet"))
-    return sorted(found)
+def candidate_files(out: str) -> dict[str, tuple[str, str, str]]:
+    """The extract stage's current outputs, path -> the extract partition that wrote it
+    (`runner.current`: never a folder listing, so a removed input's part is not read)."""
+    found: dict[str, tuple[str, str, str]] = {}
+    for done in runner.current(out, "extract"):
+        for rel in done.outputs:
+            if rel.endswith(".parquet"):
+                found[fsio.join(out, rel)] = done.ref
+    return dict(sorted(found.items()))
 
 
 def curated_files(wf) -> list[str]:
@@ -256,16 +260,18 @@ def plan_buckets(out: str, wf) -> tuple[list[Partition], int]:
     """Phase 1 partitions (groups of candidate / curated files) and the number of buckets."""
     cfg = wf.dedup
     blocklist_identities(wf)  # fail early on a bad list
-    cands = _file_infos(candidate_files(out))
+    cand_refs = candidate_files(out)
+    cands = _file_infos(list(cand_refs))
     curated = _file_infos(curated_files(wf))
     total = sum(f[2] for f in cands) + sum(f[2] for f in curated)
     n_buckets = cfg.n_buckets or max(1, math.ceil(total / cfg.bucket_target_bytes))
     parts = []
     for kind, files in (("cand", cands), ("curated", curated)):
         for group in _group(files, cfg.group_target_bytes):
+            upstream = tuple(dict.fromkeys(cand_refs[p] for p, _, _ in group if p in cand_refs))
             fp = runner.fingerprint(
                 BUCKET_STAGE, HASH_VERSION, kind, [(p, ident) for p, ident, _ in group], n_buckets,
-                cfg.flush_rows, cfg.key if kind == "curated" else None,
+                cfg.flush_rows, cfg.key if kind == "curated" else None, upstream,
             )  # fmt: skip
             parts.append(
                 Partition(
@@ -273,6 +279,7 @@ def plan_buckets(out: str, wf) -> tuple[list[Partition], int]:
                     inputs=tuple(p for p, _, _ in group),
                     fingerprint=fp,
                     params=(("kind", kind), ("n_buckets", n_buckets)),
+                    upstream=upstream,
                 )
             )
     return parts, n_buckets
@@ -303,7 +310,7 @@ def plan_reduce(out: str, wf, bucket_parts: list[Partition], n_buckets: int) -> 
         target = cand if part.param("kind") == "cand" else cur
         for rel in manifests[part.key]["outputs"]:
             target.setdefault(_bucket_of_output(rel), []).append(rel)
-    upstream = [(p.key, p.fingerprint) for p in bucket_parts]
+    upstream = runner.stage_ref(BUCKET_STAGE, bucket_parts)
     domains, hashes = blocklist_identities(wf)
     parts = []
     for b in range(n_buckets):
@@ -323,6 +330,7 @@ def plan_reduce(out: str, wf, bucket_parts: list[Partition], n_buckets: int) -> 
                     ("domains", domains),
                     ("url_hashes", hashes),
                 ),
+                upstream=(upstream,),
             )
         )
     return parts
@@ -334,14 +342,15 @@ def plan_parts(out: str, wf, reduce_parts: list[Partition]) -> list[Partition]:
     manifests = _done_manifests(out, REDUCE_STAGE, reduce_parts)
     parts = []
     for subset in SUBSETS:
-        pieces: list[tuple[str, int, str]] = []  # (survivor file, rows, its partition's fingerprint)
+        pieces: list[tuple[str, int, str, str]] = []  # (survivor file, rows, its partition's key and fingerprint)
         for rp in reduce_parts:  # bucket order = hash order
             m = manifests[rp.key]
             n = int(m.get("kept", {}).get(subset, 0))
             if n:
                 rel = next(o for o in m["outputs"] if o.split("/")[-2] == subset)
-                pieces.append((rel, n, rp.fingerprint))
+                pieces.append((rel, n, rp.key, rp.fingerprint))
         index, slices, fps, room = 0, [], [], rows
+        refs: dict[str, str] = {}
 
         def emit() -> None:
             parts.append(
@@ -350,20 +359,23 @@ def plan_parts(out: str, wf, reduce_parts: list[Partition]) -> list[Partition]:
                     inputs=tuple(fsio.join(out, s[0]) for s in slices),
                     fingerprint=runner.fingerprint(NAME, subset, index, slices, fps),
                     params=(("subset", subset), ("index", index), ("slices", tuple(slices))),
+                    upstream=tuple((REDUCE_STAGE, k, f) for k, f in refs.items()),
                 )
             )
 
-        for rel, n, fp in pieces:
+        for rel, n, rkey, fp in pieces:
             start = 0
             while start < n:
                 take = min(room, n - start)
                 slices.append((rel, start, start + take))
                 fps.append(fp)
+                refs[rkey] = fp
                 start += take
                 room -= take
                 if room == 0:
                     emit()
                     index, slices, fps, room = index + 1, [], [], rows
+                    refs.clear()
         if slices:
             emit()
     return parts
@@ -574,17 +586,14 @@ def run(out: str, wf, client) -> StageReport:
         runner.prune(out, BUCKET_STAGE, [])  # their outputs were the work files
         runner.prune(out, REDUCE_STAGE, [])
         clean.forget_work_removed(out, NAME)
-    runner.prune(out, BUCKET_STAGE, [p.key for p in bucket_parts])
     reports.append(runner.run_stage(BUCKET_STAGE, bucket_parts, process_bucket, out, wf, client))
     if reports[-1].failed:
         return _merge(reports, n_buckets)
     reduce_parts = plan_reduce(out, wf, bucket_parts, n_buckets)
-    runner.prune(out, REDUCE_STAGE, [p.key for p in reduce_parts])
     reports.append(runner.run_stage(REDUCE_STAGE, reduce_parts, process_reduce, out, wf, client))
     if reports[-1].failed:
         return _merge(reports, n_buckets)
     parts = plan_parts(out, wf, reduce_parts)
-    runner.prune(out, NAME, [p.key for p in parts])
     reports.append(runner.run_stage(NAME, parts, process, out, wf, client))
     if not reports[-1].failed:
         clean.remove_work(out, NAME)

@@ -320,15 +320,15 @@ def _done_manifest(out: str, key: str, base: str, stats_path: str) -> dict | Non
 
 
 def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
-    """One partition per `unique/{subset}/part-NNNNN.parquet`. With `retry_failed`, a done shard
+    """One partition per current dedup part `unique/{subset}/part-NNNNN.parquet`. With `retry_failed`, a done shard
     with transient failures gets a new fingerprint and is merged; not under `runner.force`,
     which redoes every shard from scratch."""
     settings = output_settings(wf.download)
     retry_failed = retry_failed and not wf.runner.force
     parts = []
-    for subset, shard, path in shards.unique_parts(out):
+    for subset, shard, path, upstream in shards.unique_parts(out):
         key = f"{subset}-{shard:05d}"
-        base = runner.fingerprint(f"{subset}/{path.rsplit('/', 1)[-1]}", fsio.fingerprint_of(path), settings)
+        base = runner.fingerprint(f"{subset}/{path.rsplit('/', 1)[-1]}", fsio.fingerprint_of(path), settings, upstream.ref)
         stats_path = fsio.join(out, shard_paths(subset, shard)["stats"])
         done = _done_manifest(out, key, base, stats_path)
         fp, retry = (done["fingerprint"] if done else base), False
@@ -340,6 +340,7 @@ def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
                 inputs=(path,),
                 fingerprint=fp,
                 params=(("subset", subset), ("shard", shard), ("input_fingerprint", base), ("retry", retry)),
+                upstream=(upstream.ref,),
             )
         )
     return parts

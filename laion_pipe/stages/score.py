@@ -58,16 +58,17 @@ def resources(wf: Any) -> dict[str, float] | None:
 
 
 def plan(out: str, wf: Any) -> list[Partition]:
-    """One partition per download tar, keyed `{subset}-{shard}`."""
+    """One partition per current download shard, keyed `{subset}-{shard}`."""
     parts = []
     for subset in SUBSETS:
         ident = model_identity(wf, subset)
-        for shard in shards.image_shards(out, subset):
+        for shard, upstream in shards.image_shards(out, subset):
             paths = shards.image_shard(subset, shard)
             inputs = (fsio.join(out, paths["tar"]), fsio.join(out, paths["parquet"]))
             ids = [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in inputs]
-            fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings)
-            parts.append(Partition(key=f"{subset}-{shard}", inputs=inputs, fingerprint=fp, params=(("subset", subset), ("shard", shard))))
+            fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings, upstream.ref)
+            parts.append(Partition(key=f"{subset}-{shard}", inputs=inputs, fingerprint=fp,
+                                   params=(("subset", subset), ("shard", shard)), upstream=(upstream.ref,)))
     return parts
 
 

@@ -43,6 +43,7 @@ from ..schema import DATASET_SCHEMA, STATUS_OK, SUBSETS
 
 NAME = "select"
 VERSION = 1
+RECIPE_FILE = "_recipe.json"
 
 DOWNLOAD_COLUMNS = ["key", "url", "text", "language", "status", "width", "height", "original_width", "original_height", "sha256"]
 
@@ -67,6 +68,7 @@ class InputShard:
     scores: str  # scores/{subset}/NNNNN.parquet
     meta: str  # images/{subset}/NNNNN.parquet
     tar: str  # images/{subset}/NNNNN.tar
+    upstream: tuple[str, str, str] | None = None  # the score partition it came from (runner.DonePartition.ref)
 
     @property
     def name(self) -> str:
@@ -77,15 +79,17 @@ class InputShard:
         return [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in (self.scores, self.meta, self.tar)]
 
 
-def input_shard(out: str, subset: str, shard: str) -> InputShard:
+def input_shard(out: str, subset: str, shard: str, upstream: tuple[str, str, str] | None = None) -> InputShard:
     images = shards.image_shard(subset, shard)
     scores = shards.score_shard(subset, shard)["scores"]
-    return InputShard(subset, shard, fsio.join(out, scores), fsio.join(out, images["parquet"]), fsio.join(out, images["tar"]))
+    return InputShard(subset, shard, fsio.join(out, scores), fsio.join(out, images["parquet"]), fsio.join(out, images["tar"]),
+                      upstream)  # fmt: skip
 
 
 def input_shards(out: str, subsets: tuple[str, ...] = SUBSETS) -> list[InputShard]:
-    """Scored shards, in subset then shard order (the order kept pairs are written in)."""
-    return [input_shard(out, subset, shard) for subset in subsets for shard in shards.score_shards(out, subset)]
+    """The score stage's current shards, in subset then shard order (the order kept pairs are
+    written in)."""
+    return [input_shard(out, subset, shard, done.ref) for subset in subsets for shard, done in shards.score_shards(out, subset)]
 
 
 def _read(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -151,15 +155,18 @@ def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], 
     for i in range(n_parts):
         names = sorted({n for n, _, _ in slices[i]} | set(owned[i]))
         inputs = tuple(p for n in names for p in (by_name[n].scores, by_name[n].meta, by_name[n].tar))
+        upstream = tuple(by_name[n].upstream for n in names if by_name[n].upstream is not None)
         fp = runner.fingerprint(
-            NAME, VERSION, recipe.identity(), samples_per_shard, slices[i], owned[i], {n: by_name[n].identity() for n in names}
-        )
+            NAME, VERSION, recipe.identity(), samples_per_shard, slices[i], owned[i], {n: by_name[n].identity() for n in names},
+            upstream,
+        )  # fmt: skip
         parts.append(
             Partition(
                 key=f"{recipe.name}-{i:05d}",
                 inputs=inputs,
                 fingerprint=fp,
                 params=(("recipe", recipe.name), ("index", i), ("slices", tuple(slices[i])), ("owned", tuple(owned[i]))),
+                upstream=upstream,
             )
         )
     return parts
@@ -182,25 +189,16 @@ def plan(out: str, wf: Any, client: Any = None) -> list[Partition]:
     return parts
 
 
-def _remove_stale(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
-    """Output shards and manifests of a recipe beyond its new shard count (a raised threshold
-    keeps fewer pairs) would otherwise stay next to the new ones and be read as part of it.
-    Recipes no longer in the workflow are left alone."""
-    names = {r.name for r in recipes}
-    runner.prune(out, NAME, {p.key for p in parts}, within=lambda key: key.rpartition("-")[0] in names)
-    for r in recipes:
-        n = sum(1 for p in parts if p.param("recipe") == r.name)
-        for index, path in shards.dataset_files(out, r.name):
-            if index >= n:  # a file whose manifest is gone (e.g. a run killed mid-prune)
-                fs, p = fsio.fs_and_path(path)
-                fs.rm(p)
+def recipe_files(recipes: list[Recipe]) -> list[str]:
+    """Files select writes beside its partitions (one `_recipe.json` per current recipe): what
+    the runner's sweep of `dataset/` keeps. A recipe no longer in the workflow loses its folder."""
+    return [f"{shards.dataset_dir(r.name)}/{RECIPE_FILE}" for r in recipes]
 
 
 def run(out: str, wf: Any, client: Any) -> StageReport:
     recipes = resolve_recipes(wf.select)
     parts = plan(out, wf, client)
-    _remove_stale(out, recipes, parts)
-    report = runner.run_stage(NAME, parts, process, out, wf, client)
+    report = runner.run_stage(NAME, parts, process, out, wf, client, keep=recipe_files(recipes))
     _write_recipe_summaries(out, recipes, parts)
     return report
 
@@ -217,7 +215,7 @@ def _write_recipe_summaries(out: str, recipes: list[Recipe], parts: list[Partiti
                 totals.update(m.get("counts", {}))
                 n_shards += bool(p.param("slices"))
         fsio.write_json_atomic(
-            fsio.join(out, shards.dataset_dir(r.name), "_recipe.json"),
+            fsio.join(out, shards.dataset_dir(r.name), RECIPE_FILE),
             {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": n_shards, "counts": dict(totals)},
         )
 

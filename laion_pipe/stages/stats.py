@@ -79,12 +79,14 @@ def plan(out: str, wf: Workflow) -> list[Partition]:
     """One partition over the whole run: the statistics are global sums."""
     dataset = fsio.join(out, DATASET_DIR)
     state = fsio.join(out, STATE_DIR)
+    upstream = (runner.stage_ref("select", runner.current(out, "select")),)
     fp = runner.fingerprint(
         _listing(dataset, suffix=".parquet"),
         _listing(state, suffix=".json", skip_prefix=f"{NAME}/"),
         wf.stats.model_dump(mode="json"),
+        upstream,
     )
-    return [Partition(key=KEY, inputs=(dataset, state), fingerprint=fp)]
+    return [Partition(key=KEY, inputs=(dataset, state), fingerprint=fp, upstream=upstream)]
 
 
 @contextlib.contextmanager

@@ -60,7 +60,17 @@ def _parquet_in(folder: str) -> tuple[str, ...]:
 
 
 def run_dir_sources(run_dir: str) -> list[Source]:
-    """en / multi / nolang (always, empty when absent), then the other folders of dataset/."""
+    """en / multi / nolang (always, empty when absent), then the other recipes of dataset/: the
+    parquet files of the select stage's current plan (a file an older plan left is not read).
+    A `dataset/` folder without the select stage's state (copied from a run) is read as it lies."""
+    from ..shards import current_dataset_parquets
+
+    found = current_dataset_parquets(run_dir)
+    if found is not None:
+        sources = [Source(s, tuple(found.get(s, ()))) for s in SUBSETS]
+        sources += [Source(name, tuple(files), in_total=False) for name, files in sorted(found.items())
+                    if name not in SUBSETS and files]  # fmt: skip
+        return sources
     root = fsio.join(run_dir, DATASET_DIR)
     sources = [Source(s, _parquet_in(fsio.join(root, s))) for s in SUBSETS]
     fs, p = fsio.fs_and_path(root)

@@ -234,13 +234,12 @@ def _fill_thumbs(out: str, samples: list[Sample], size: int, skipped: Counter) -
 
 
 def dataset_folders(out: str) -> dict[str, list[str]]:
-    """Dataset folder name -> its shard parquet files (relative to `out`), language subsets
-    first, then the recipes by name."""
-    found: dict[str, list[str]] = {}
-    for path in fsio.glob(fsio.join(out, STAGE_DIRS["select"], "*", "*.parquet")):
-        parent, _, name = path.rpartition("/")
-        folder = parent.rpartition("/")[2]
-        found.setdefault(folder, []).append(f"{STAGE_DIRS['select']}/{folder}/{name}")
+    """Dataset folder name -> its shard parquet files (relative to `out`) of the select stage's
+    current plan, language subsets first, then the recipes by name."""
+    from ..shards import current_dataset_parquets
+
+    prefix = out.rstrip("/") + "/"
+    found = {name: [p[len(prefix):] for p in paths] for name, paths in (current_dataset_parquets(out) or {}).items()}
     order = [s for s in SUBSETS if s in found] + sorted(k for k in found if k not in SUBSETS)
     return {k: sorted(found[k]) for k in order}
 

@@ -36,17 +36,25 @@ def is_recipe_name(source: str) -> bool:
 
 
 def resolve_source(source: str, run_dir: str | None = None) -> list[str]:
-    """The shard paths/URLs of one source, sorted and de-duplicated. Raises ValueError naming
-    the source when it is unknown or holds no shard."""
+    """The shard paths/URLs of one source, sorted and de-duplicated (a recipe of a run directory:
+    the tars of the select stage's current plan). Raises ValueError naming the source when it
+    is unknown or holds no shard."""
     if is_recipe_name(source) and not fsio.exists(source):
         if run_dir is None:
             raise ValueError(f"source {source!r} looks like a recipe name, but no run_dir was given to find "
                              f"dataset/{source}/ in")
+        from laion_pipe.shards import current_dataset_parquets, dataset_tars
+
         folder = fsio.join(run_dir, "dataset", source)
-        shards = fsio.glob(fsio.join(folder, "*.tar"))
-        if not shards:
+        current = current_dataset_parquets(run_dir)
+        if current is not None:  # the select stage's current plan, never what lies in the folder
+            shards = dataset_tars(run_dir, source)
+            names = sorted(current)
+        else:  # a dataset folder without its run's state
+            shards = fsio.glob(fsio.join(folder, "*.tar"))
             fs, root = fsio.fs_and_path(fsio.join(run_dir, "dataset"))
             names = sorted({p.split("/")[-2] for p in fs.glob(f"{root}/*/*.tar")}) if fs.exists(root) else []
+        if not shards:
             known = f" (datasets there: {', '.join(names)})" if names else ""
             raise ValueError(f"source {source!r}: no shards (*.tar) in {folder}{known}")
         return shards

@@ -36,9 +36,10 @@ _NOT_FINGERPRINTED = {"log_every", "record_keys", "threads"}
 _LAUNCH_FINGERPRINTED = {"processes_per_node", "nodes"}
 
 
-def fingerprint(wf, shards: dict[str, list[str]]) -> str:
+def fingerprint(wf, shards: dict[str, list[str]], out: str | None = None) -> str:
     """What decides the trained weights: the train section (bar logging and job-script
-    details), the demo's text encoder, and each shard's identity (path and size)."""
+    details), the demo's text encoder, each shard's identity (path, size, mtime) and the select
+    partitions that wrote the run's own shards."""
     cfg = wf.train.model_dump(mode="json")
     launch = cfg.pop("launch")
     cfg = {k: v for k, v in cfg.items() if k not in _NOT_FINGERPRINTED}
@@ -47,22 +48,40 @@ def fingerprint(wf, shards: dict[str, list[str]]) -> str:
     sizes = []
     for src, found in sorted(shards.items()):
         for s in found:
-            fs, p = fsio.fs_and_path(s)
             try:
-                size = fs.size(p)
+                ident = fsio.fingerprint_of(s)
             except Exception:  # noqa: BLE001 - an HTTP shard without a length
-                size = None
-            sizes.append((src, s, size))
-    return runner.fingerprint(cfg, text, sizes)
+                ident = None
+            sizes.append((src, s, ident))
+    return runner.fingerprint(cfg, text, sizes, dataset_upstream(out, shards))
+
+
+def dataset_upstream(out: str | None, shards: dict[str, list[str]]) -> tuple[tuple[str, str, str], ...]:
+    """The select partitions that wrote the run's own dataset shards this training reads: part of
+    the fingerprint and recorded in the plan, so a dataset rebuilt since (same file names, even the
+    same sizes) is trained again, and evaluate can tell a model trained on data that changed."""
+    if out is None:
+        return ()
+    wanted = {s for found in shards.values() for s in found}
+    refs = []
+    for done in runner.current(out, "select"):
+        if any(fsio.join(out, rel) in wanted for rel in done.outputs):
+            refs.append(done.ref)
+    return tuple(refs)
 
 
 def prepare(out: str, wf) -> tuple[dict[str, list[str]], str]:
     """Checks (raising `TrainInputError`), then the plan entry, the workflow snapshot and the
     holdout list. Returns the sources' shards and the run's fingerprint."""
     shards = preflight(wf, out)
-    fp = fingerprint(wf, shards)
+    fp = fingerprint(wf, shards, out)
     inputs = tuple(s for found in shards.values() for s in found)
-    runner.write_plan(out, STAGE, [Partition(key=wf.train.name, inputs=inputs, fingerprint=fp)])
+    mine = Partition(key=wf.train.name, inputs=inputs, fingerprint=fp, upstream=dataset_upstream(out, shards))
+    # Training runs of other names in this run directory stay in the plan: each is its own model.
+    others = [Partition(e["key"], tuple(e.get("inputs", ())), e.get("fingerprint", ""),
+                        upstream=tuple(tuple(u) for u in e.get("upstream", ())))  # type: ignore[misc]
+              for e in runner.read_plan(out, STAGE) or [] if e["key"] != wf.train.name]  # fmt: skip
+    runner.write_plan(out, STAGE, sorted([*others, mine], key=lambda p: p.key))
     return shards, fp
 
 
