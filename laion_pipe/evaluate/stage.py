@@ -55,6 +55,7 @@ class EvalPlan:
     real_note: str | None  # why FD-CLIP has no real images, when it has none
     clip: ClipModelConfig
     inputs: list[str] = field(default_factory=list)  # files whose identity the fingerprint covers
+    data_note: str | None = None  # the model's training data has changed since it was trained
 
 
 # --- resolving the plan ---------------------------------------------------------------------------
@@ -144,7 +145,21 @@ def plan(out: str, wf: Any) -> EvalPlan:
         if not real_sources:
             note = f"train/{holdout.name}/holdout.json does not say which dataset its samples came from"
     clip = cfg.clip or wf.models.clip_en
-    return EvalPlan(label, model_path, prompts, source, holdout, real_sources, note, clip, inputs)
+    return EvalPlan(label, model_path, prompts, source, holdout, real_sources, note, clip, inputs,
+                    training_data_note(out, own_name or (holdout.name if holdout else None)))
+
+
+def training_data_note(out: str, train_name: str | None) -> str | None:
+    """Why a training run of this run directory no longer describes the current dataset, or None:
+    it finished, but the select partitions it read were redone or removed since (the runner's
+    `current` rule), so its model and metrics are of a dataset that is gone."""
+    if not train_name:
+        return None
+    m = runner.read_manifest(out, TRAIN_DIR, train_name)
+    if not m or m.get("status") != "done" or any(d.key == train_name for d in runner.current(out, TRAIN_DIR)):
+        return None
+    return (f"train/{train_name} was trained on a dataset that has changed since (select redid or removed shards it "
+            f"read): these metrics describe a model of the old data; `laion-pipe train --out {out}` trains on the current one")
 
 
 def _identity(path: str) -> list[str]:
@@ -259,11 +274,28 @@ def evaluate(out: str, wf: Any, p: EvalPlan) -> dict:
         result["fd_clip_note"] = p.real_note
         console.print(f"[yellow]evaluate[/yellow]: FD-CLIP left out: {p.real_note}")
     result["seconds"] = round(time.time() - t0, 3)
+    if p.data_note:
+        result["training_data_note"] = p.data_note
 
     dest = fsio.join(out, EVAL_DIR, p.label)
     save_grid(images[: cfg.grid_images], per_image[: cfg.grid_images], fsio.join(dest, "grid.png"))  # atomic
     fsio.write_json_atomic(fsio.join(dest, "metrics.json"), result)
     return result
+
+
+def _note_in_metrics(out: str, p: EvalPlan) -> None:
+    """An evaluation that is already done still says (or stops saying) that its model's
+    training data has changed since: the note is the run's state, not the model's."""
+    path = fsio.join(out, EVAL_DIR, p.label, "metrics.json")
+    try:
+        result = fsio.read_json(path)
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(result, dict) and result.get("training_data_note") != p.data_note:
+        result.pop("training_data_note", None)
+        if p.data_note:
+            result["training_data_note"] = p.data_note
+        fsio.write_json_atomic(path, result)
 
 
 def _rerender_report(out: str) -> None:
@@ -288,7 +320,10 @@ def run(out: str, wf: Any, client: Any = None, **_: Any) -> StageReport:
     report = StageReport(stage=NAME, planned=1)
     force = bool(getattr(getattr(wf, "runner", None), "force", False))
     previous = None if force else runner.done_manifest(out, NAME, p.label, fp)
+    if p.data_note:
+        console.print(f"[yellow]evaluate[/yellow]: {p.data_note}")
     if previous is not None:
+        _note_in_metrics(out, p)
         report.skipped = 1
         report.add(previous)
         console.print(f"evaluate: {p.label} already evaluated with these settings (eval/{p.label}/metrics.json); "

@@ -384,6 +384,8 @@ def read_evals(out: str) -> tuple[list[dict], list[str]]:
         model = m.get("model") or m.get("model_path") or ""
         meta = f"model {model}" if model else ""
         evals.append({"name": name, "cells": cells, "grid": grid, "meta": meta})
+        if m.get("training_data_note"):
+            notes.append(f"eval/{name}: {m['training_data_note']}")
     return evals, notes
 
 
