@@ -14,7 +14,7 @@ class NearDupConfig(Section):
     phash: bool = Field(
         False,
         description="drop images whose perceptual hash is within phash_max_distance bits of a higher-ranked one "
-        "(`near_duplicate`); off by default, as LAION-5B kept near-duplicates (the demo and sd-v1 workflows turn it on)",
+        "(`near_duplicate`); off by default, as LAION-5B kept near-duplicates (the demo workflow turns it on)",
     )
     phash_max_distance: int = Field(
         3, ge=0, le=16,
