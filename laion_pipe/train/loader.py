@@ -84,6 +84,8 @@ class LoaderSpec:
     holdout_fraction: float = 0.0
     holdout: Literal["exclude", "only", "all"] = "exclude"
     num_workers: int = 2
+    exclude: frozenset[str] = frozenset()
+    """Samples never read, as "shard\x1fkey" (decontamination: copies of evaluation images)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
@@ -222,6 +224,9 @@ def _checked(samples: Iterable[dict], spec: LoaderSpec, counts: Counter) -> Iter
         key = s.get("__key__", "")
         if holdout_on and is_holdout(key, spec.holdout_fraction) != (spec.holdout == "only"):
             counts["holdout" if spec.holdout == "exclude" else "not_holdout"] += 1
+            continue
+        if spec.exclude and f"{s.get('__url__', '')}\x1f{key}" in spec.exclude:
+            counts["decontaminated"] += 1
             continue
         meta: dict = {}
         if "json" in s:
