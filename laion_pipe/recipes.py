@@ -20,10 +20,15 @@ from .config.presets import PRESETS, RecipeConfig
 from .config.select import SelectConfig
 from .schema import SUBSETS
 
-__all__ = ["CHECK_ORDER", "KEEP", "PRESETS", "Recipe", "count_reasons", "resolve_recipes", "score_columns"]
+__all__ = ["CHECK_ORDER", "DUPLICATE_REASONS", "KEEP", "PRESETS", "Recipe", "apply_duplicates", "count_reasons",
+           "resolve_recipes", "score_columns"]
 
 CHECK_ORDER: tuple[str, ...] = ("low_similarity", "side_too_small", "unsafe", "watermark", "low_aesthetic")
 """Drop reasons in the order bounds are checked; index + 1 is the code `reasons()` returns."""
+DUPLICATE_REASONS: tuple[str, ...] = ("near_duplicate", "semantic_duplicate")
+"""Near-duplicate removal's reasons (laion_pipe.neardup): given only to pairs every bound keeps, so
+a pair is counted once, and a copy is counted as a copy only where it would have been kept."""
+_REASONS = CHECK_ORDER + DUPLICATE_REASONS
 
 KEEP = 0
 
@@ -101,7 +106,19 @@ def count_reasons(codes: np.ndarray) -> Counter:
     out: Counter = Counter()
     values, counts = np.unique(codes[codes != KEEP], return_counts=True)
     for v, c in zip(values.tolist(), counts.tolist()):
-        out[CHECK_ORDER[v - 1]] = c
+        out[_REASONS[v - 1]] = c
+    return out
+
+
+def apply_duplicates(codes: np.ndarray, keys: list[str], drops: dict[str, str] | None) -> np.ndarray:
+    """`codes` with the near-duplicate reason (`drops`: key -> reason) of every row still kept."""
+    if not drops:
+        return codes
+    out = codes.copy()
+    for i, k in enumerate(keys):
+        reason = drops.get(k)
+        if reason is not None and out[i] == KEEP:
+            out[i] = _REASONS.index(reason) + 1
     return out
 
 

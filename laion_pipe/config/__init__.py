@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .base import Section
 from .cluster import ClusterConfig
@@ -45,6 +45,13 @@ class Workflow(Section):
     stats: StatsConfig = StatsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _semantic_dedup_needs_embeddings(self) -> Workflow:
+        if self.select.neardup.semantic and not self.score.save_embeddings:
+            raise ValueError("select.neardup.semantic: SemDeDup reads the score stage's CLIP image embeddings; "
+                             "set score.save_embeddings: true too")
+        return self
 
 
 def _format_error(err: ValidationError) -> str:

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..schema import SUBSETS
 from .base import Section
+from .neardup import NearDupConfig
 from .presets import PRESETS, RecipeConfig, SubsetName
 
 __all__ = ["RecipeConfig", "SelectConfig", "SubsetName"]
@@ -34,6 +35,7 @@ class SelectConfig(Section):
     )
     recipes: dict[str, RecipeConfig] = Field({}, description="named recipes, each written as dataset/{name}/")
     samples_per_shard: int = Field(10_000, ge=1, description="samples per output tar; shards are refilled across input shards")
+    neardup: NearDupConfig = Field(NearDupConfig(), description="near-duplicate removal across every subset and shard (laion_pipe.neardup)")
 
     @field_validator("similarity")
     @classmethod

@@ -92,6 +92,16 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=0, description="DataLoader workers per process (0: load in the training process)")
     shuffle_buffer: int = Field(1000, ge=0, description="samples in each worker's shuffle buffer")
     seed: int = Field(0, description="seeds the data order, caption dropout, noise and timesteps")
+    decontaminate: bool = Field(
+        True,
+        description="before training, remove every training sample whose perceptual hash is within "
+        "decontamination_max_distance bits of a held-out sample's or an eval_sets image's (train/{name}/decontamination.json)",
+    )
+    decontamination_max_distance: int = Field(3, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy")
+    eval_sets: list[str] = Field(
+        [], description="evaluation images training must not see copies of: folders of images, WebDataset shards "
+        "(a tar, folder or glob), or text files of image URLs (.txt, one per line)",
+    )
     holdout_fraction: float = Field(
         0.01, ge=0, lt=1, description="fraction of samples (by a hash of the key) training never sees; listed in holdout.json for evaluate"
     )

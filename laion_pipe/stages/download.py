@@ -13,8 +13,9 @@ The format, so tools made for img2dataset output read ours:
   sample's metadata row), for successful samples only;
 - the parquet has one row per input row, img2dataset's columns (`key, status, error_message,
   width, height, original_width, original_height, sha256`, plus `url` and `caption`) and ours
-  (`uid, text, page_url, language, language_score, subset, license`, and `reason`: the drop
-  reason of a failed sample); `status` is img2dataset's `success`, `failed_to_download` or
+  (`uid, text, page_url, language, language_score, subset, license`, `reason`: the drop
+  reason of a failed sample, and `phash`: the stored image's perceptual hash, which select's
+  near-duplicate removal reads); `status` is img2dataset's `success`, `failed_to_download` or
   `failed_to_resize`;
 - `_stats.json` has img2dataset's fields (`count, successes, failed_to_download,
   failed_to_resize, duration, start_time, end_time, status_dict`) plus `reasons`.
@@ -172,6 +173,7 @@ def _meta(sample: Sample, status: str, reason: str | None, error: str | None, im
         "original_height": img.original_height if img else None,
         "sha256": sha256,
         "reason": reason,
+        "phash": img.phash if img else None,
     }
 
 

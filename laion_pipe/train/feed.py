@@ -11,6 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .checkpoint import RankState
+from .. import fsio
+from .decontaminate import FILE as DECONTAMINATION
+from .decontaminate import excluded
 from .loader import LoaderSpec, SampleFilter, make_loader
 
 
@@ -32,6 +35,7 @@ def loader_spec(wf, out: str, *, holdout: str = "exclude") -> LoaderSpec:
         holdout_fraction=cfg.holdout_fraction,
         holdout=holdout,
         num_workers=cfg.num_workers,
+        exclude=excluded(fsio.join(out, "train", cfg.name, DECONTAMINATION)) if holdout == "exclude" else frozenset(),
     )
 
 

@@ -84,6 +84,8 @@ class LoaderSpec:
     holdout_fraction: float = 0.0
     holdout: Literal["exclude", "only", "all"] = "exclude"
     num_workers: int = 2
+    exclude: frozenset[str] = frozenset()
+    """Samples never read, as "shard\x1fkey" (decontamination: copies of evaluation images)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
@@ -223,6 +225,9 @@ def _checked(samples: Iterable[dict], spec: LoaderSpec, counts: Counter) -> Iter
         if holdout_on and is_holdout(key, spec.holdout_fraction) != (spec.holdout == "only"):
             counts["holdout" if spec.holdout == "exclude" else "not_holdout"] += 1
             continue
+        if spec.exclude and f"{s.get('__url__', '')}\x1f{key}" in spec.exclude:
+            counts["decontaminated"] += 1
+            continue
         meta: dict = {}
         if "json" in s:
             try:
@@ -334,16 +339,54 @@ def collate(items: list[_Item], target: tuple[int, int], spec: LoaderSpec, epoch
     return batch
 
 
-def worker_plan(start_sample: int, batch_size: int, num_workers: int, worker: int) -> tuple[int, int, int]:
-    """(logical worker, batches to skip, samples to skip in the next batch) for `worker` when
-    resuming after `start_sample` samples of this rank. The DataLoader takes batches from its
-    workers in turn, so the n-th batch came from worker n mod W; after a restart, physical worker
-    0 takes the role of the worker whose turn was next, so the order continues unchanged.
-    Exact while every worker of the rank still had batches at that point (all but an epoch's
-    tail when shards are balanced)."""
-    n, r = divmod(start_sample, batch_size)
-    logical = (worker + n) % num_workers
-    return logical, len(range(logical, n, num_workers)), (r if logical == n % num_workers else 0)
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where each logical worker of a rank stands after `start_sample` samples of an epoch.
+
+    The DataLoader hands out its workers' batches in turn, skipping a worker once it is exhausted
+    (torch's `_MultiProcessingDataLoaderIter` drops the turns of a worker that returned its end),
+    so the epoch's batches come in the order of (k, w): every worker's k-th batch, workers in
+    index order, then every worker's (k+1)-th. After a restart physical worker p plays logical
+    worker (p + first) % W, where `first` is the worker whose batch was next: that continues the
+    same order, exhausted workers included. `skip[w]` is how many batches logical worker w already
+    handed out; `partial` the samples of the next batch already taken (a cut inside a batch)."""
+
+    first: int
+    skip: tuple[int, ...]
+    partial: int = 0
+
+
+def resume_plan(start_sample: int, sizes: list[Iterable[int]]) -> ResumePlan:
+    """The plan after `start_sample` samples, from each logical worker's batch sizes in order
+    (lazy iterables: only the batches up to the cut are drawn). Batches are not all full: an
+    epoch's last batch of each worker and the last batch of each aspect bucket are partial, and a
+    worker runs out before the others when its shards hold fewer samples."""
+    workers = len(sizes)
+    streams = [iter(s) for s in sizes]
+    skip = [0] * workers
+    live = [True] * workers
+    taken = 0
+    while taken < start_sample and any(live):
+        for w in range(workers):
+            if not live[w]:
+                continue
+            n = next(streams[w], None)
+            if n is None:
+                live[w] = False
+                continue
+            if taken + n > start_sample:  # the cut falls inside this batch
+                return ResumePlan(w, tuple(skip), start_sample - taken)
+            taken += n
+            skip[w] += 1
+            if taken == start_sample:
+                return ResumePlan((w + 1) % workers, tuple(skip))
+    return ResumePlan(0, tuple(skip))
+
+
+def worker_plan(plan: ResumePlan, worker: int) -> tuple[int, int, int]:
+    """(logical worker, batches to skip, samples to skip in the next batch) of physical `worker`."""
+    logical = (worker + plan.first) % len(plan.skip)
+    return logical, plan.skip[logical], (plan.partial if logical == plan.first else 0)
 
 
 class LoaderStream(IterableDataset):
@@ -354,6 +397,12 @@ class LoaderStream(IterableDataset):
                  world_size: int, epoch: int, start_sample: int) -> None:
         self.spec, self.pools, self.tokenize = spec, pools, tokenize
         self.rank, self.world_size, self.epoch, self.start_sample = rank, world_size, epoch, start_sample
+        self.plan: ResumePlan | None = None
+        workers = max(spec.num_workers, 1)
+        if start_sample and workers > 1:
+            # Where the cut falls depends on every worker's batch sizes: replay them here once
+            # (reading, checks, decoding; nothing is collated), then each worker replays its own.
+            self.plan = resume_plan(start_sample, [self._sizes(w, workers) for w in range(workers)])
 
     def _on_shard_error(self, counts: Counter) -> Callable[[Exception], bool]:
         def handler(exn: Exception) -> bool:
@@ -370,6 +419,11 @@ class LoaderStream(IterableDataset):
         # split_by_node, then split_by_worker, with this job's rank rather than the environment's.
         return shards[self.rank:: self.world_size][logical::workers]
 
+    def _sizes(self, logical: int, workers: int) -> Iterator[int]:
+        """The sizes of logical worker `logical`'s batches, in order (lazily)."""
+        for group, _ in self._groups(logical, workers, Counter()):
+            yield len(group)
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -378,8 +432,37 @@ class LoaderStream(IterableDataset):
 
             cv2.setNumThreads(1)  # the DataLoader's workers are the parallelism
         spec = self.spec
-        logical, skip_batches, skip_samples = worker_plan(self.start_sample, spec.batch_size, workers, worker)
+        single = workers == 1  # one stream: the cut is where its batch sizes reach start_sample
+        left = self.start_sample
+        if not single:
+            plan = self.plan or resume_plan(0, [[] for _ in range(workers)])
+            logical, skip_batches, skip_samples = worker_plan(plan, worker)
+        else:
+            logical, skip_batches, skip_samples = 0, 0, 0
         counts: Counter = Counter()
+        targets = spec.targets()
+        carried: Counter = Counter()
+        for i, (group, skipped) in enumerate(self._groups(logical, workers, counts)):
+            if single and left:
+                if left >= len(group):
+                    left -= len(group)
+                    continue  # already consumed before the restart: decoded, never collated
+                group, left = group[left:], 0
+            elif i < skip_batches:
+                continue
+            elif i == skip_batches and skip_samples:
+                group = group[skip_samples:]
+                if not group:
+                    carried.update(skipped)
+                    continue
+            if carried:
+                skipped = dict(carried + Counter(skipped))
+                carried.clear()
+            yield collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+
+    def _groups(self, logical: int, workers: int, counts: Counter) -> Iterator[tuple[list[_Item], dict]]:
+        """The batches (items, skip counts) logical worker `logical` of `workers` makes, uncollated."""
+        spec = self.spec
         on_error = self._on_shard_error(counts)
         streams = [
             iter(wds.DataPipeline(
@@ -395,20 +478,7 @@ class LoaderStream(IterableDataset):
         if spec.shuffle_buffer:
             items = wds.shuffle(spec.shuffle_buffer, spec.shuffle_buffer, rng=random.Random(_seed(*where, "samples")))(items)
         targets = spec.targets()
-        plans = _grouped(_decoded(items, targets, counts), len(targets), spec.batch_size, counts)
-        carried: Counter = Counter()
-        for i, (group, skipped) in enumerate(plans):
-            if i < skip_batches:
-                continue  # already consumed before the restart: decoded, never collated
-            if i == skip_batches and skip_samples:
-                group = group[skip_samples:]
-                if not group:
-                    carried.update(skipped)
-                    continue
-            if carried:
-                skipped = dict(carried + Counter(skipped))
-                carried.clear()
-            yield collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+        yield from _grouped(_decoded(items, targets, counts), len(targets), spec.batch_size, counts)
 
 
 def source_pools(spec: LoaderSpec) -> list[list[str]]:

@@ -97,6 +97,19 @@ def write_run_files(out: str, wf) -> str:
     data["runner"]["force"] = False
     fsio.write_bytes_atomic(path, yaml.safe_dump(data, sort_keys=False).encode())
     write_holdout(str(tdir / HOLDOUT_FILE), list(wf.train.sources), out, wf.train.holdout_fraction)
+    if wf.train.decontaminate:
+        from .decontaminate import FILE, decontaminate, write
+
+        doc = decontaminate(list(wf.train.sources), out, wf.train.holdout_fraction, list(wf.train.eval_sets),
+                            wf.train.decontamination_max_distance)
+        write(str(tdir / FILE), doc)
+        why = ", ".join(f"{n} {r}" for r, n in sorted(doc["counts"].items())) or "none"
+        print(f"train {wf.train.name}: decontamination removed {len(doc['removed'])} of {doc['training_samples']} "
+              f"training samples as copies of {doc['eval_images']} evaluation images ({why}); see {tdir / FILE}")
+    else:
+        from .decontaminate import FILE
+
+        (tdir / FILE).unlink(missing_ok=True)  # an earlier run's list must not apply
     return path
 
 
@@ -112,6 +125,12 @@ def finish(out: str, wf, shards: dict[str, list[str]], fp: str, started: float) 
     outcome.counts.update({f"skipped.{k}": v for k, v in summary.get("skipped", {}).items()})
     rel = f"train/{wf.train.name}"
     outcome.outputs = [f"{rel}/final", f"{rel}/{METRICS}", f"{rel}/loss.png", f"{rel}/{HOLDOUT_FILE}"]
+    from .decontaminate import FILE as DECONTAMINATION
+
+    if (tdir / DECONTAMINATION).is_file():
+        doc = json.loads((tdir / DECONTAMINATION).read_text())
+        outcome.counts.update({f"decontaminated.{k}": v for k, v in doc.get("counts", {}).items()})
+        outcome.outputs.append(f"{rel}/{DECONTAMINATION}")
     finished = time.time()
     return runner.write_manifest(
         out, STAGE, wf.train.name, fingerprint=fp, inputs=[s for f in shards.values() for s in f], outcome=outcome,
