@@ -159,7 +159,7 @@ def choose(rows: int, dim: int, cfg) -> IndexSpec:
             raise ValueError(f"index.factory {cfg.factory!r}: an IVF index is needed for a large space (e.g. 'IVF4096_HNSW32,PQ64x8'); "
                              f"raise index.exact_max_rows for exact search instead")
         return IndexSpec("ivf", cfg.factory, rows, dim, nlist=nlist, nprobe=min(cfg.nprobe, nlist), train_rows=train)
-    nlist = cfg.nlist or max(64, min(_pow2_near(4 * math.sqrt(rows)), _pow2_floor(train // 39)))
+    nlist = cfg.nlist or max(64, min(_pow2_near(2 * math.sqrt(rows)), _pow2_floor(train // 39)))
     m = cfg.pq_m or default_pq_m(dim)
     if dim % m:
         raise ValueError(f"index.pq_m={m} does not divide the embedding dimension {dim}")

@@ -27,7 +27,7 @@ class IndexConfig(Section):
     nlist: int | None = Field(
         None,
         ge=1,
-        description="IVF lists; default: the power of two nearest 4*sqrt(n), at most train_rows/39 "
+        description="IVF lists; default: the power of two nearest 2*sqrt(n) (2048 at 1M), at most train_rows/39 "
         "(faiss's minimum of training points per centroid) and at least 64",
     )
     pq_m: int | None = Field(
@@ -37,7 +37,8 @@ class IndexConfig(Section):
         "(64 for 512-d, as autofaiss picks for LAION's ViT-B/32 embeddings)",
     )
     train_rows: int = Field(
-        200_000, ge=1000, description="embeddings sampled (uniformly, seeded) to train the IVF-PQ quantizers"
+        100_000, ge=1000, description="embeddings sampled (uniformly, seeded) to train the IVF-PQ quantizers "
+        "(k-means costs rows x nlist x dim per iteration: the part of a build that does not spread over workers)"
     )
     rows_per_task: int = Field(
         1_000_000, ge=1, description="embeddings one Dask task encodes into IVF-PQ lists (bounds its memory: 4 bytes x dim each)"
