@@ -41,8 +41,10 @@ def main_serve(run_dir: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT)
                       "images and captions to anyone who can reach this address")
     app = create_app(str(path))
     try:
-        app.state.searcher.spaces()
-        console.print(f"serving {path.resolve()}: " + ", ".join(f"{s.name} ({s.rows:,} pairs)" for s in app.state.searcher.spaces().values()))
+        spaces = app.state.searcher.spaces()
+        console.print(f"serving {path.resolve()}: " + ", ".join(f"{s.name} ({s.rows:,} pairs)" for s in spaces.values()))
+        for sp in spaces.values():  # load the CLIPs now, not on the first query
+            app.state.searcher.encoders.get(sp.clip)
     except Exception as e:  # the page still serves the report and says what is missing
         console.print(f"[yellow]warning[/yellow]: {e}")
     shown = f"[{host}]" if ":" in host else host
