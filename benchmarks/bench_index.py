@@ -160,18 +160,18 @@ def pct(times: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2)}
 
 
-def bench_size(n: int, dim: int, n_queries: int, root: Path, client) -> dict:
+def bench_size(n: int, dim: int, n_queries: int, root: Path, client, cfg: IndexConfig) -> dict:
     print(f"--- {n:,} x {dim} embeddings", flush=True)
     t = time.perf_counter()
     paths = write_embeddings(root / f"emb_{n}_{dim}", n, dim)
     srcs = knn.sources(paths)
     print(f"embeddings ready ({len(paths)} files, {sum(os.path.getsize(p) for p in paths) / 2**30:.1f} GiB float16) "
           f"in {time.perf_counter() - t:.0f}s", flush=True)  # fmt: skip
-    spec = knn.choose(n, dim, IndexConfig())
+    spec = knn.choose(n, dim, cfg)
     print(f"index: {spec.factory} (nlist {spec.nlist}, {spec.pq_m} bytes/vector, train on {spec.train_rows:,}, nprobe {spec.nprobe})", flush=True)
     work = Path(tempfile.mkdtemp(dir=root, prefix="build-"))
     result: dict = {"rows": n, "dim": dim, "factory": spec.factory, "nprobe": spec.nprobe}
-    result.update(build(client, spec, srcs, work, IndexConfig().rows_per_task))
+    result.update(build(client, spec, srcs, work, cfg.rows_per_task))
     print(f"built in {result['build_s']}s (train {result['train_s']}s, add {result['add_s']}s on {result['add_tasks']} tasks, "
           f"merge {result['merge_s']}s); worker peak RSS {result['worker_peak_rss_mb']} MB", flush=True)  # fmt: skip
 
@@ -221,7 +221,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--work", default=None, help="folder for the embeddings (kept for later runs); default: a temporary one")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--train-rows", type=int, default=None, help="index.train_rows (default: the index config's)")
+    ap.add_argument("--nlist", type=int, default=None, help="index.nlist (default: the rule)")
     args = ap.parse_args()
+    cfg = IndexConfig(**{k: v for k, v in (("train_rows", args.train_rows), ("nlist", args.nlist)) if v is not None})
     from distributed import Client, LocalCluster
 
     root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-index-"))
@@ -231,7 +234,7 @@ def main() -> None:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit="8GB",
                       dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
         for n in args.sizes:
-            results.append(bench_size(n, args.dim, args.queries, root, client))
+            results.append(bench_size(n, args.dim, args.queries, root, client, cfg))
     for r in results:
         base = r.get("flat_baseline")
         line = (f"{r['rows']:,} x {r['dim']}: build {r['build_s']}s, query p50 {r['ivf']['p50_ms']} ms p95 {r['ivf']['p95_ms']} ms "
