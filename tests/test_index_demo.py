@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the run it builds takes most of it
 
 QUERY = "a red circle on a blue background"
 TARGET = ("circle", "red", "blue")
