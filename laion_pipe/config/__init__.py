@@ -16,6 +16,7 @@ from .dedup import DedupConfig
 from .download import DownloadConfig
 from .evaluate import EvaluateConfig
 from .extract import ExtractConfig
+from .index import IndexConfig
 from .models import ModelsConfig
 from .runner import RunnerConfig
 from .score import ScoreConfig
@@ -42,6 +43,7 @@ class Workflow(Section):
     models: ModelsConfig = ModelsConfig()
     score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()
+    index: IndexConfig = IndexConfig()
     stats: StatsConfig = StatsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

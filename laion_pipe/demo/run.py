@@ -101,6 +101,11 @@ def main_demo(out: str = "laion_demo", overrides: Sequence[str] = (), train: boo
                 Console().print(f"evaluation of the demo model trained on the curated shards: {line}",
                                 soft_wrap=True, highlight=False)
             Console().print(f"report: {Path(out) / 'stats' / 'report.html'}", soft_wrap=True)
+        if any(r.stage == "index" and not r.failed for r in reports):
+            from ..serve import serve_command
+
+            Console().print(f"search its images (by text, by example; export a blocklist): {serve_command(out)}",
+                            soft_wrap=True, highlight=False)
         console.print(f"demo finished in {time.time() - t0:.0f}s")
     finally:
         world.stop()

@@ -73,7 +73,7 @@ class World:
     server: ImageServer
     spec: WorldSpec
     wat_paths: list[str]
-    truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, watermark, unsafe, ...
+    truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, colour, background, watermark, ...
     root: Path
 
     def stop(self) -> None:
@@ -129,7 +129,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
             path = f"/{name}"
             url = server.url(path)
             row = {"page_url": page_url, "url": url, "kind": kind, "lang": lang, "width": None, "height": None,
-                   "shape": None, "watermark": False, "unsafe": False, "degraded": False}
+                   "shape": None, "colour": None, "background": None, "watermark": False, "unsafe": False, "degraded": False}
             if kind in ("match", "mismatch", "watermark", "unsafe", "degraded", "nolang", "noai"):
                 scene = synth.random_scene(
                     nprng, unsafe=kind == "unsafe", watermark=kind == "watermark", degradation=kind == "degraded"
@@ -144,7 +144,8 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
                     alt = rng.choice(NOLANG_ALTS)
                 else:
                     alt = scene.caption(lang)
-                row.update(width=side, height=side, shape=scene.shape, watermark=scene.watermarked,
+                row.update(width=side, height=side, shape=scene.shape, colour=scene.colour, background=scene.background,
+                           watermark=scene.watermarked,
                            unsafe=scene.unsafe, degraded=scene.degradation is not None, n_bytes=len(body))
             elif kind == "small":
                 scene = synth.random_scene(nprng)
