@@ -264,7 +264,7 @@ def test_semantic_without_embeddings_is_a_config_error():
     from laion_pipe.config import ConfigError
 
     with pytest.raises(ConfigError, match="select.neardup.semantic.*save_embeddings"):
-        workflow_from_dict({"select": {"neardup": {"semantic": True}}})
+        workflow_from_dict({"select": {"neardup": {"semantic": True}}, "score": {"save_embeddings": False}})
 
 
 def test_every_pair_is_found_whatever_the_bucket_count():
