@@ -212,12 +212,15 @@ def test_sigkill_a_rank_mid_checkpoint_then_resume_matches_uninterrupted(at_once
         assert not different, f"{part}: {len(different)} tensors differ, e.g. {different[:3]}"
 
 
-def test_a_rank_that_raises_is_the_root_cause(tmp_path):
-    """torchrun's real failure records (the worker's @record error file, the other rank stopped
-    or failing in a collective whose peer died): the first failure is the raising rank's."""
+def test_a_rank_that_raises_is_what_the_stage_records(tmp_path, monkeypatch, capfd):
+    """torchrun's real failure records (the worker's @record error file; the other rank stopped
+    by torchrun, or failing in a collective whose peer died): the stage's error is the raising
+    rank's, with that rank's traceback, printed last."""
+    from laion_pipe.train import stage
+
     script = tmp_path / "fail.py"
     script.write_text(
-        "import time, torch, torch.distributed as dist\n"
+        "import torch, torch.distributed as dist\n"
         "from torch.distributed.elastic.multiprocessing.errors import record\n"
         "@record\n"
         "def main():\n"
@@ -228,17 +231,19 @@ def test_a_rank_that_raises_is_the_root_cause(tmp_path):
         "    while True:\n"
         "        dist.all_reduce(t)\n"
         "main()\n")
-    cause_file = tmp_path / "cause.json"
-    res = subprocess.run([sys.executable, "-m", "laion_pipe.train.elastic", "--root-cause", str(cause_file), "--standalone",
-                          "--nproc_per_node", "2", str(script)], cwd=REPO, env=_env(), capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode != 0
-    cause = json.loads(cause_file.read_text())
-    assert cause["rank"] == 1 and cause["message"] == "ValueError: rank one has bad data"
-    assert "raise ValueError('rank one has bad data')" in cause["traceback"]
-    from laion_pipe.train.elastic import describe
 
-    assert describe(cause) == "rank 1: ValueError: rank one has bad data"
+    def command(wf, out, workflow, *, root_cause, log_dir, **kw):
+        return [sys.executable, "-m", "laion_pipe.train.elastic", "--root-cause", root_cause, "--standalone",
+                "--nproc_per_node", "2", "--log-dir", log_dir, str(script)]
+
+    monkeypatch.setattr(stage, "local_command", command)
+    monkeypatch.chdir(REPO)
+    with pytest.raises(stage.TrainingProcessFailed) as e:
+        stage.launch_local(str(tmp_path), None, "", progress=False)
+    assert str(e.value) == "training process rank 1: ValueError: rank one has bad data"
+    assert "raise ValueError('rank one has bad data')" in e.value.process_traceback
+    tail = capfd.readouterr().err.rstrip().splitlines()[-1]
+    assert tail == "ValueError: rank one has bad data"  # the traceback comes after torchrun's summary
 
 
 def test_processes_accelerate_did_not_join_are_refused(monkeypatch):
@@ -252,3 +257,23 @@ def test_processes_accelerate_did_not_join_are_refused(monkeypatch):
     import torch
 
     assert use_cpu("auto", 2) == (not torch.accelerator.is_available())
+
+
+def test_a_peer_that_failed_in_a_collective_is_not_the_root_cause(tmp_path):
+    """torchrun picks the earliest failure by whole-second timestamps: rank 0 raising "connection
+    closed by peer" in a collective can be stamped before the SIGKILL of rank 1 that caused it."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from laion_pipe.train.elastic import describe, root_cause
+
+    error_file = tmp_path / "error.json"
+    error_file.write_text(json.dumps({"message": {"message": "RuntimeError: [pair.cc:545] Connection closed by peer "
+                                                  "[127.0.0.1]:1966", "extraInfo": {"py_callstack": "Traceback ...",
+                                                                                    "timestamp": str(int(time.time()) - 1)}}}))
+    failures = {0: ProcessFailure(local_rank=0, pid=100, exitcode=1, error_file=str(error_file)),
+                1: ProcessFailure(local_rank=1, pid=101, exitcode=-signal.SIGKILL, error_file="<N/A>")}
+    first, _ = ChildFailedError("worker", failures).get_first_failure()
+    assert first == 0  # torchrun's own pick
+    cause = root_cause(failures, first)
+    assert cause["rank"] == 1 and cause["signal"] == "SIGKILL"
+    assert describe(cause).startswith("rank 1: killed by SIGKILL")

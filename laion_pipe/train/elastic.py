@@ -60,10 +60,12 @@ def root_cause(failures: dict[int, Any], first: int) -> dict:
 
 def describe(cause: dict) -> str:
     """One line for the stage's report: which rank failed and how."""
-    if cause.get("traceback") or not cause.get("signal"):
+    if cause.get("traceback"):
         return f"rank {cause['rank']}: {cause['message']}"
-    hint = " (the out-of-memory killer, or killed by hand)" if cause["signal"] == "SIGKILL" else ""
-    return f"rank {cause['rank']}: killed by {cause['signal']}{hint}, pid {cause['pid']}"
+    if cause.get("signal"):
+        hint = " (the out-of-memory killer, or killed by hand)" if cause["signal"] == "SIGKILL" else ""
+        return f"rank {cause['rank']}: killed by {cause['signal']}{hint}, pid {cause['pid']}"
+    return f"rank {cause['rank']}: exited with code {cause['exitcode']} (its messages are above)"
 
 
 def main(argv: list[str] | None = None) -> int:
