@@ -33,7 +33,7 @@ from laion_pipe.schema import STAGE_DIRS, SUBSETS
 pytestmark = pytest.mark.slow
 
 SPEC = WorldSpec(n_pages=10, images_per_page=6, n_wat_files=3, seed=11, sides=(300, 400, 520))
-COMPARED = ("unique", "images", "scores", "dataset")
+COMPARED = ("unique", "images", "scores", "dataset", "index")
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def assert_describes_its_dataset(out: Path) -> None:
     for name, n in rows.items():
         if name not in SUBSETS:
             assert table.get(name) == n, (name, table, rows)
-    for stage in ("extract", "dedup", "download", "score", "select", "stats"):
+    for stage in PIPELINE_STAGES:
         assert not runner.stale(str(out), stage), (stage, runner.stale(str(out), stage))
     gallery = out / "stats" / "gallery.json"
     if gallery.exists():

@@ -50,7 +50,10 @@ class LaunchConfig(Section):
 
     processes_per_node: int = Field(1, ge=1, description="training processes per node (one per GPU); 1 = in-process")
     nodes: int = Field(1, ge=1, description="machines in the job")
-    master_port: int = Field(29500, ge=1, le=65535, description="rendezvous port on the first node")
+    master_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="rendezvous port on the first node; None: a free one (two trainings on one machine never collide)",
+    )
     job: Literal["slurm", "pbs"] | None = Field(
         None, description="batch system of the job script `--dry-run` prints; default: cluster.kind when slurm/pbs"
     )

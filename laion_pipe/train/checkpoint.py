@@ -7,11 +7,19 @@ noise scheduler, `laion_pipe_model.json`, and one `train_state-rank{r}.json` + `
 per process: the step, the data position of that rank (epoch and samples taken in it) and the
 state of the generator that draws its noise and timesteps.
 
+Who writes what: the UNet, its EMA, the scheduler, the model info, the optimizer, LR scheduler and
+scaler are one copy shared by all ranks and are written by the main process only (as diffusers'
+training scripts guard their save hooks, and accelerate's `save_state` its own files); every
+rank writes its own RNG states (accelerate's `random_states_{r}.pkl`, our `rng-rank{r}.pt`) and
+data position (`train_state-rank{r}.json`).
+
 Every process writes into `.tmp-checkpoint-{step}/`; once all have written (a barrier), the main
-process renames it to `checkpoint-{step}`. A kill at any moment therefore leaves either a
-complete checkpoint or a temporary folder that the next start removes, never a half checkpoint
-under a final name. This assumes the training directory is on a file system every node sees, as
-accelerate's own multi-node checkpoints do.
+process alone renames it to `checkpoint-{step}` and prunes old checkpoints, and no rank goes on
+before it is done (a second barrier). A kill at any moment therefore leaves either a complete
+checkpoint or a temporary folder that the next start removes, never a half checkpoint under a
+final name; a resumed job starts from the checkpoint the main process picked. This assumes the
+training directory is on a file system every node sees, as accelerate's own multi-node
+checkpoints do.
 """
 from __future__ import annotations
 
@@ -109,8 +117,18 @@ def read_rank_state(folder: Path, rank: int) -> tuple[RankState, torch.Tensor]:
     return state, rng
 
 
-def publish(tmp: Path, dest: Path) -> None:
-    """Rename a finished temporary checkpoint into place (main process, after the barrier)."""
-    if dest.exists():  # the same step written before a kill that came after the rename
-        shutil.rmtree(dest)
+def publish(tmp: Path, dest: Path, world_size: int = 1) -> None:
+    """Rename a finished temporary checkpoint into place (main process, after the barrier that
+    every rank reaches once it has written its files). A folder missing a rank's state is not
+    published: resuming from it would fail or, worse, restart that rank's data."""
+    missing = [r for r in range(world_size) if not (tmp / f"train_state-rank{r}.json").is_file()]
+    if missing:
+        raise RuntimeError(f"{tmp}: no state from rank(s) {missing}; not publishing an incomplete checkpoint")
+    if dest.exists():  # the same step written before (a kill after the rename): moved aside, then removed
+        old = tmp.with_name(f"{tmp.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     os.replace(tmp, dest)

@@ -8,18 +8,25 @@ it and a rerun with the same data and settings skips it. The order of things:
    plan entry, the workflow snapshot the worker processes read, and `holdout.json`.
 2. training: in this process when `train.launch.processes_per_node` is 1, else torchrun starts
    that many worker processes on this machine and the stage waits for them (their progress bar
-   and messages go straight to this terminal).
+   and messages go straight to this terminal). When a process fails, the run is recorded as
+   failed with that process's error and traceback (the first failure, found by `elastic.py`),
+   not with torchrun's note of the SIGTERM it then sent to the others.
 3. `finish` (the main process): `loss.png` and the manifest, from the loop's `summary.json`.
 
 A killed run resumes from its newest checkpoint when started again; `--force` starts over.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
+from pathlib import Path
 
 import yaml
 
@@ -115,8 +122,6 @@ def write_run_files(out: str, wf) -> str:
 
 def finish(out: str, wf, shards: dict[str, list[str]], fp: str, started: float) -> dict:
     """loss.png and the done manifest, from the loop's summary."""
-    import json
-
     tdir = train_dir(out, wf)
     summary = json.loads((tdir / SUMMARY).read_text())
     plot_loss(tdir / METRICS, tdir / "loss.png")
@@ -143,6 +148,36 @@ def _failed(out: str, wf, fp: str, error: str, tb: str = "") -> dict:
                                  error=error[:1000], traceback=tb[-5000:])
 
 
+class TrainingProcessFailed(RuntimeError):
+    """A training process failed: its rank's message, and its own traceback (not the stage's)."""
+
+    def __init__(self, message: str, process_traceback: str = "") -> None:
+        super().__init__(message)
+        self.process_traceback = process_traceback
+
+
+def launch_local(out: str, wf, workflow_path: str, *, progress: bool) -> None:
+    """torchrun with `processes_per_node` workers on this machine; raises `TrainingProcessFailed`
+    with the first failure when the job fails (and prints that failure's traceback last, below
+    torchrun's summary)."""
+    from .elastic import describe
+
+    with tempfile.TemporaryDirectory(prefix="laion-pipe-torchrun-") as tmp:
+        cause_file = os.path.join(tmp, "root-cause.json")
+        cmd = local_command(wf, out, workflow_path, progress=progress, root_cause=cause_file,
+                            log_dir=os.path.join(tmp, "logs"))
+        rc = subprocess.call(cmd)
+        if rc == 0:
+            return
+        cause = json.loads(Path(cause_file).read_text()) if os.path.isfile(cause_file) else None
+    if cause is None:
+        raise TrainingProcessFailed(f"torchrun exited with code {rc} before any training process failed (its messages are above)")
+    line = describe(cause)
+    if cause.get("traceback"):
+        print(f"\ntraining failed; first failure, {line}\n{cause['traceback'].rstrip()}", file=sys.stderr, flush=True)
+    raise TrainingProcessFailed(f"training process {line}", cause.get("traceback", ""))
+
+
 def run(out: str, wf, client=None) -> StageReport:
     """Train the workflow's `train:` model on `RUN/dataset/...` (the Dask client is not used:
     training runs under accelerate / torchrun)."""
@@ -167,15 +202,16 @@ def run(out: str, wf, client=None) -> StageReport:
             train(out, wf, progress=progress)
             manifest = finish(out, wf, shards, fp, t0)
         else:
-            rc = subprocess.call(local_command(wf, out, workflow_path, progress=progress))
-            if rc != 0:
-                raise RuntimeError(f"the training processes exited with code {rc} (their messages are above)")
+            launch_local(out, wf, workflow_path, progress=progress)
             manifest = runner.read_manifest(out, STAGE, cfg.name) or {}
             if manifest.get("fingerprint") != fp or manifest.get("status") != "done":
                 raise RuntimeError("the training processes ended without recording the run as done")
     except Exception as e:  # noqa: BLE001 - recorded as a failed run, like a failed partition
-        error = f"{type(e).__name__}: {e}"
-        _failed(out, wf, fp, error, traceback.format_exc())
+        if isinstance(e, TrainingProcessFailed):
+            error, tb = str(e), e.process_traceback or traceback.format_exc()
+        else:
+            error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+        _failed(out, wf, fp, error, tb)
         report.failed.append({"key": cfg.name, "error": error[:1000]})
         report.seconds = round(time.time() - t0, 3)
         return report
