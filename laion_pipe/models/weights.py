@@ -84,8 +84,9 @@ def download(
         total = None
     tmp = Path(target).with_name(f"{fsio.TMP_PREFIX}{os.getpid()}-{Path(target).name}")
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    stream = {"block_size": 0} if location.startswith(("http://", "https://")) else {}  # one GET, no ranges
     try:
-        with fs.open(p, "rb") as src, open(tmp, "wb") as dst:
+        with fs.open(p, "rb", **stream) as src, open(tmp, "wb") as dst:
             while chunk := src.read(_CHUNK):
                 dst.write(chunk)
                 h.update(chunk)
