@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Section
 
@@ -38,9 +38,23 @@ LAION_AESTHETIC_V2_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb
 _SHA256 = r"^[0-9a-fA-F]{64}$"
 
 
+def _sha256_text(v):
+    """A sha256 as text. YAML (and `--set`) reads an all-digit hex string as an integer: its digits
+    come back zero-padded; one that reads as a float cannot be recovered and must be quoted."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return str(v).zfill(64)
+    if isinstance(v, float):
+        raise ValueError("a sha256 that YAML reads as a number: write it in quotes")
+    return v
+
+
 class _PinnedWeights(Section):
     """A section whose `weights` default comes with its `sha256`: naming other weights without a
     sha256 drops the default's pin instead of refusing the new file."""
+
+    _sha256 = field_validator("sha256", mode="before", check_fields=False)(_sha256_text)
 
     @model_validator(mode="before")
     @classmethod
@@ -93,6 +107,8 @@ class ClipModelConfig(Section):
         description="sha256 of the `pretrained` file or URL (a download with other bytes is refused); pretrained "
         "tags need none where their URL carries it (OpenAI's)",
     )
+
+    _sha256 = field_validator("sha256", mode="before")(_sha256_text)
 
 
 class NsfwModelConfig(_PinnedWeights):

@@ -229,7 +229,7 @@ def main_fetch(wf: Any, cache=None) -> int:
     table = Table("used by", "weights", "status", "sha256", "size")
     for r in results:
         size = f"{Path(r.path).stat().st_size / 1e6:,.1f} MB" if r.path and Path(r.path).is_file() else ""
-        pin = "" if not r.sha256 else r.sha256[:16] + ("… pinned" if r.need.sha256 else "… recorded")
+        pin = "" if not r.sha256 else r.sha256[:16] + ("… = pin" if r.need.sha256 else "" if r.status == "local" else "… recorded")
         status = r.status if r.status in ("downloaded", "cached", "local") else f"[red]{r.status}[/red]"
         table.add_row("\n".join(r.need.roles), r.need.location, status, pin, size)
     out.print(table)
