@@ -106,6 +106,20 @@ def test_fetch_refuses_a_wrong_sha256_keeps_the_right_one_and_check_runs_offline
         expected = head(torch.from_numpy(emb / np.linalg.norm(emb, axis=-1, keepdims=True)).float()).item()
     assert printed == pytest.approx(expected, abs=1e-4)
 
+    # A cached file whose bytes changed since it was fetched is named, not used.
+    from laion_pipe.models.provision import main_check
+
+    cache_path(url, cache).write_bytes(b"changed")
+    wf = load_workflow(DEMO, [f"models.aesthetic.weights={url}"])
+    assert main_check(wf, str(cache)) == 2
+
+
+def test_models_help_renders_as_a_user_runs_it():
+    r = laion_pipe("models", "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: laion-pipe models" in r.stdout and "%%" not in r.stdout
+    assert "{fetch,check}" in r.stdout and "--cache-dir" in r.stdout
+
 
 def test_check_names_a_missing_weight_and_exits_2(tmp_path):
     missing = "http://127.0.0.1:9/clip_autokeras_nsfw_b32.zip"  # never contacted: check downloads nothing

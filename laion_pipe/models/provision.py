@@ -175,7 +175,7 @@ def _fetch_hf_files(need: Need, cache, progress) -> Fetched:
     from .clip import HF_TEXT_FILES, hf_endpoint, hf_files_dir
 
     d = hf_files_dir(need.location, cache)
-    got = []
+    got, downloaded = [], 0
     for name in HF_TEXT_FILES:
         url, target = f"{hf_endpoint()}/{need.location}/resolve/main/{name}", d / name
         if target.is_file():
@@ -189,9 +189,10 @@ def _fetch_hf_files(need: Need, cache, progress) -> Fetched:
             return Fetched(need, "failed", str(d), detail=f"{url}: {type(e).__name__}: {e}")
         W.record(url, target, sha, cache)
         got.append(name)
+        downloaded += 1
     if "config.json" not in got:
         return Fetched(need, "failed", str(d), detail=f"{need.location} has no config.json at {hf_endpoint()}")
-    return Fetched(need, "downloaded", str(d), detail=", ".join(got))
+    return Fetched(need, "downloaded" if downloaded else "cached", str(d), detail=", ".join(got))
 
 
 def _fetch_hf_hub(need: Need, cache) -> Fetched:
@@ -338,10 +339,13 @@ def main_check(wf: Any, cache=None, device: str = "cpu") -> int:
                   "internet, and set models.cache_dir (or LAION_PIPE_CACHE) to the folder it fills")
         return EXIT_USAGE
     bad = []
+    recorded = W.read_manifest(cache)["files"]
     for need in needs(wf):
         p = local_path(need, cache)
-        if need.sha256 and p is not None and p.is_file() and W.sha256_of(p) != need.sha256.lower():
-            bad.append(f"{p}: sha256 is not the pinned {need.sha256} ({', '.join(need.roles)})")
+        want = (need.sha256 or "").lower() or recorded.get(need.location, {}).get("sha256") if need.is_url else need.sha256
+        if want and p is not None and p.is_file() and W.sha256_of(p) != want.lower():
+            what = "pinned" if need.sha256 else "recorded when it was fetched"
+            bad.append(f"{p}: sha256 is not the {what} {want} ({', '.join(need.roles)})")
     for line in bad:
         err.print(f"[red]checksum:[/red] {line}")
     if bad:
