@@ -242,7 +242,7 @@ def evaluate(out: str, wf: Any, p: EvalPlan, generator: Any = None) -> dict:
     generator = generator or load_generator(p.model_path, device=device)
     with _progress(show) as progress:
         images = generate(generator, per_image, seeds, cfg, progress)
-    clip = load_clip(p.clip, device)
+    clip = load_clip(p.clip, device, cache=wf.models.cache_dir)  # the model cache `models fetch` fills
     img_emb = encode_images(clip, images, cfg.batch_size)
     txt_emb = clip.encode_texts(per_image).numpy()
     result: dict[str, Any] = {
