@@ -24,11 +24,13 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from .. import runner
 from ..models.demo import synth
 
 COPY_KINDS: tuple[str, ...] = ("reencode", "resize", "crop", "logo", "recaption")
@@ -155,6 +157,41 @@ def references(spec: CopySpec, rng: np.random.Generator, sides: Sequence[int], l
 
 
 # --- measuring drop records against the truth ------------------------------------------------------
+
+
+def reached(out: str | Path) -> pd.DataFrame:
+    """The images that reached the near-duplicate phases (downloaded and scored), with their
+    (subset, shard, key), url, pHash and colour grid as download stored them."""
+    out = Path(out)
+    scored = {}  # (subset, shard) -> the keys the score stage scored
+    for done in runner.current(str(out), "score"):
+        for rel in done.outputs:
+            if rel.startswith("scores/") and rel.count("/") == 2 and rel.endswith(".parquet"):
+                s = pd.read_parquet(out / rel, columns=["key", "status"])
+                scored[(rel.split("/")[1], Path(rel).stem)] = set(s.key[s.status == "ok"])
+    frames = []
+    for done in runner.current(str(out), "download"):
+        for rel in done.outputs:
+            if rel.endswith(".parquet"):
+                sub, shard = rel.split("/")[-2], Path(rel).stem
+                t = pd.read_parquet(out / rel, columns=["key", "url", "status", "phash", "colour_grid"])
+                t = t[(t.status == "success") & t.key.isin(scored.get((sub, shard), set()))]
+                frames.append(t.assign(subset=sub, shard=shard))
+    return pd.concat(frames, ignore_index=True)
+
+
+def drop_records(out: str | Path, images: pd.DataFrame) -> pd.DataFrame:
+    """Every detector's drop records as (reason, url, survivor_url)."""
+    out = Path(out)
+    files = [out / rel for done in runner.current(str(out), "select.neardup") for rel in done.outputs]
+    t = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
+        columns=["subset", "shard", "key", "reason", "survivor_subset", "survivor_shard", "survivor_key"])
+    url = {(s, h, k): u for s, h, k, u in zip(images.subset, images.shard, images.key, images.url)}
+    return pd.DataFrame({
+        "reason": t.reason,
+        "url": [url.get(x) for x in zip(t.subset, t.shard, t.key)],
+        "survivor_url": [url.get(x) for x in zip(t.survivor_subset, t.survivor_shard, t.survivor_key)],
+    })
 
 
 def measure(truth: pd.DataFrame, edges: pd.DataFrame) -> pd.DataFrame:
