@@ -14,7 +14,7 @@ from .checkpoint import RankState
 from .. import fsio
 from .decontaminate import FILE as DECONTAMINATION
 from .decontaminate import excluded
-from .loader import LoaderSpec, Position, ResumePlan, SampleFilter, make_loader
+from .loader import LoaderSpec, Position, ResumePlan, SampleFilter, loader_of, make_pipeline
 
 
 def loader_spec(wf, out: str, *, holdout: str = "exclude") -> LoaderSpec:
@@ -55,12 +55,12 @@ def epoch_batches(spec: LoaderSpec, state: RankState, *, rank: int, world_size: 
         saved = None
         if workers > 1 and state.samples_in_epoch and state.worker_batches and len(state.worker_batches) == workers:
             saved = ResumePlan(state.next_worker, tuple(state.worker_batches))
-        loader = make_loader(spec, tokenize=tokenize, rank=rank, world_size=world_size,
-                             epoch=state.epoch, start_sample=state.samples_in_epoch, plan=saved)
-        plan = getattr(loader.dataset, "plan", None)
+        stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size,
+                               epoch=state.epoch, start_sample=state.samples_in_epoch, plan=saved)
+        plan = stream.plan  # the saved one, or the one replaying found (None: one worker, or the epoch's start)
         position = Position(list(plan.skip), plan.first) if plan is not None else Position.start(workers)
         got = False
-        for batch in loader:
+        for batch in loader_of(stream):
             got = True
             state.samples_in_epoch += len(batch["key"])
             position.take(batch)

@@ -562,7 +562,13 @@ def make_loader(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int
     Each rank reads its own shards, so the loader must not go through `accelerate`'s
     `prepare` (which would dispatch rank 0's batches to every rank): move batches to the
     device directly."""
-    stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
-                           start_sample=start_sample, plan=plan)
+    return loader_of(make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
+                                   start_sample=start_sample, plan=plan))
+
+
+def loader_of(stream: LoaderStream) -> wds.WebLoader:
+    """The DataLoader of a pipeline (`make_loader` without building it: the caller keeps the
+    stream, and with it the resume plan it settled on)."""
+    spec = stream.spec
     extra = {"prefetch_factor": 2} if spec.num_workers else {}
     return wds.WebLoader(stream, batch_size=None, num_workers=spec.num_workers, persistent_workers=False, **extra)
