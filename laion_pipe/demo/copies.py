@@ -181,17 +181,19 @@ def reached(out: str | Path) -> pd.DataFrame:
 
 
 def drop_records(out: str | Path, images: pd.DataFrame) -> pd.DataFrame:
-    """Every detector's drop records as (reason, url, survivor_url)."""
+    """Every detector's drop records as (reason, url, survivor_url), each pair once."""
     out = Path(out)
     files = [out / rel for done in runner.current(str(out), "select.neardup") for rel in done.outputs]
     t = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame(
         columns=["subset", "shard", "key", "reason", "survivor_subset", "survivor_shard", "survivor_key"])
     url = {(s, h, k): u for s, h, k, u in zip(images.subset, images.shard, images.key, images.url)}
-    return pd.DataFrame({
+    edges = pd.DataFrame({
         "reason": t.reason,
         "url": [url.get(x) for x in zip(t.subset, t.shard, t.key)],
         "survivor_url": [url.get(x) for x in zip(t.survivor_subset, t.survivor_shard, t.survivor_key)],
     })
+    # a pair of hashes sharing several bands is found in several reduce tasks: one record each
+    return edges.drop_duplicates(ignore_index=True)
 
 
 def measure(truth: pd.DataFrame, edges: pd.DataFrame) -> pd.DataFrame:
