@@ -97,7 +97,9 @@ class TrainConfig(Section):
         description="before training, remove every training sample whose perceptual hash is within "
         "decontamination_max_distance bits of a held-out sample's or an eval_sets image's (train/{name}/decontamination.json)",
     )
-    decontamination_max_distance: int = Field(3, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy")
+    decontamination_max_distance: int = Field(
+        4, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy (as select.neardup.phash_max_distance; "
+        "no colour check here: a training image with the layout of an evaluation image in other colours goes too)")
     eval_sets: list[str] = Field(
         [], description="evaluation images training must not see copies of: folders of images, WebDataset shards "
         "(a tar, folder or glob), or text files of image URLs (.txt, one per line)",

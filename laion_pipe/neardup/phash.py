@@ -67,7 +67,10 @@ def features(image: Image.Image | np.ndarray, *, bgr: bool = False) -> tuple[int
 
 def hash_of_thumbnail(grey: np.ndarray) -> int:
     """The pHash (int64) of a 32x32 grey thumbnail: imagehash's DCT, median split and bit order."""
-    low = _LOW @ np.asarray(grey, dtype=np.float64) @ _LOW.T
+    # rounded: a symmetric picture has coefficients that are exactly 0, which the products leave as
+    # +-1e-13 noise; unrounded, that noise would decide their bits (coefficients reach 1e6, so 1e-6
+    # is far below any real one)
+    low = np.round(_LOW @ np.asarray(grey, dtype=np.float64) @ _LOW.T, 6)
     bits = (low > np.median(low)).reshape(-1)
     value = int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
     return value - (1 << 64) if value >= (1 << 63) else value
