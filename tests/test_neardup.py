@@ -134,6 +134,33 @@ def test_hash_and_cosine_drops_match_brute_force():
     assert dict(zip(got.dropped.tolist(), got.survivor.tolist())) == want and want
 
 
+def test_hash_drops_with_colour_grids_match_brute_force():
+    """The colour check: a hash match counts only when every quadrant's colour is within
+    max_colour levels; a row without a grid (a shard written before it) is matched by hash alone."""
+    rng = np.random.default_rng(9)
+    n = 400
+    base = rng.integers(0, 2**62, size=30, dtype=np.int64)
+    hashes = base[rng.integers(0, 30, n)]
+    grids = rng.integers(0, 256, size=(6, 12))[rng.integers(0, 6, n)] + rng.integers(-8, 9, size=(n, 12))
+    grids = grids.clip(0, 255).astype(np.uint8)
+    valid = rng.random(n) > 0.2
+    values = [g.tobytes() if v else None for g, v in zip(grids, valid)]
+    grid, ok = colour_array(values)
+    assert (ok == valid).all() and (grid[valid] == grids[valid]).all()
+    sim, area, keys = rng.random(n), np.full(n, 100), [f"{i:04d}" for i in range(n)]
+    got = match.hash_drops(hashes, match.rank_order(sim, area, keys), 0, (grid, ok), 10)
+
+    def close(i, j):
+        if hashes[i] != hashes[j]:
+            return False
+        return not (valid[i] and valid[j]) or np.abs(grids[i].astype(int) - grids[j].astype(int)).max() <= 10
+
+    want = _brute(list(range(n)), sim, area, keys, close)
+    assert dict(zip(got.dropped.tolist(), got.survivor.tolist())) == want
+    plain = match.hash_drops(hashes, match.rank_order(sim, area, keys), 0)
+    assert len(want) < len(plain.dropped)  # the grids kept some hash matches apart
+
+
 # --- select's phases on shards with known copies -------------------------------------------------------
 
 
