@@ -9,6 +9,7 @@ import json
 import tarfile
 
 import imagehash
+import numpy as np
 from PIL import Image
 
 from train_fixtures import tiny_demo_unet_config, train_workflow, write_dataset
@@ -27,6 +28,13 @@ def _images(run):
     return out
 
 
+def _quadrants(im) -> "np.ndarray":
+    """The mean colour of each quadrant, rounded (numpy on the decoded image)."""
+    a = np.asarray(im, dtype=np.float64)
+    h, w = a.shape[0] // 2, a.shape[1] // 2
+    return np.rint([a[y:y + h, x:x + w].reshape(-1, 3).mean(axis=0) for y in (0, h) for x in (0, w)])
+
+
 def test_training_never_sees_a_copy_of_a_held_out_or_eval_set_image(tmp_path):
     from laion_pipe.config import workflow_from_dict
     from laion_pipe.train.stage import run as train
@@ -42,13 +50,23 @@ def test_training_never_sees_a_copy_of_a_held_out_or_eval_set_image(tmp_path):
     eval_dir.mkdir()
     probe_key, probe = next((k, im) for k, im in rest.items())
     probe.resize((96, 96)).save(eval_dir / "probe.png")
+    probe_im = Image.open(eval_dir / "probe.png").convert("RGB")
     h = {k: imagehash.phash(im) for k, im in images.items()}
-    ph = imagehash.phash(Image.open(eval_dir / "probe.png").convert("RGB"))
-    # imagehash's pHash within 3 bits must go; ours is within a few bits of imagehash per image
-    # (tests/test_neardup.py), so what goes beyond that is within 8 bits by imagehash
-    want = {k for k in rest if any(h[k] - h[j] <= 3 for j in held) or h[k] - ph <= 3}
+    ph = imagehash.phash(probe_im)
+    q = {k: _quadrants(im) for k, im in images.items()}
+    pq_ = _quadrants(probe_im)
+
+    def alike(a, b):  # the colour check: every quadrant's mean colour within 12 levels
+        return np.abs(a - b).max() <= 12
+
+    # imagehash's pHash within 3 bits and the same colours must go; ours is within a few bits of
+    # imagehash per image (tests/test_neardup.py), so what goes beyond that is within 8 bits
+    want = {k for k in rest if any(h[k] - h[j] <= 3 and alike(q[k], q[j]) for j in held)
+            or (h[k] - ph <= 3 and alike(q[k], pq_))}
     may = {k for k in rest if any(h[k] - h[j] <= 8 for j in held) or h[k] - ph <= 8}
-    assert probe_key in want and 0 < len(want)
+    # the same layout in other colours (a red square beside a held-out yellow one) stays
+    told_apart = {k for k in rest if any(h[k] - h[j] <= 3 for j in held)} - want
+    assert probe_key in want and 0 < len(want) and told_apart
 
     wf = workflow_from_dict(train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)),
                                            max_steps=12, batch_size=4, holdout_fraction=HOLDOUT, record_keys=True,
@@ -59,7 +77,7 @@ def test_training_never_sees_a_copy_of_a_held_out_or_eval_set_image(tmp_path):
     tdir = run / "train" / "t"
     doc = json.loads((tdir / "decontamination.json").read_text())
     removed = {(r["shard"], r["key"]) for r in doc["removed"]}
-    assert want <= removed <= may
+    assert want <= removed <= may and not removed & told_apart
     assert {r["reason"] for r in doc["removed"]} == {"holdout_copy", "eval_set_copy"} or probe_key in {
         (r["shard"], r["key"]) for r in doc["removed"] if r["reason"] == "holdout_copy"}
     assert report.counts["decontaminated.holdout_copy"] + report.counts.get("decontaminated.eval_set_copy", 0) == len(removed)
@@ -117,7 +135,9 @@ def test_url_list_eval_sets_and_semantic_copies_on_the_score_embeddings(tmp_path
     write_dataset(run, n=32, shards=4)
     wf = workflow_from_dict(train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)),
                                            holdout_fraction=HOLDOUT))
-    plain = decontaminate(["en"], str(run), HOLDOUT, [], 4)  # pHash only
+    wf.train.decontaminate_semantic = False
+    plain = decontaminate(["en"], str(run), HOLDOUT, [], 4, wf=wf)  # pHash (and the colour check) only
+    wf.train.decontaminate_semantic = True
     gone = {(r["shard"], r["key"]) for r in plain["removed"]}
     rows = _parquet_rows(run)
     held = [r for r in rows if is_holdout(r[1], HOLDOUT)]
@@ -155,8 +175,12 @@ def test_url_list_eval_sets_and_semantic_copies_on_the_score_embeddings(tmp_path
     assert why[a[:2]]["reason"] == "holdout_semantic_copy" and why[a[:2]]["of"] == f"{held[0][0]}#{held[0][1]}"
     assert why[b[:2]]["reason"] == "eval_set_semantic_copy" and why[b[:2]]["of"] == urls[1]
     assert why[c[:2]]["reason"] == "eval_set_copy" and why[c[:2]]["of"] == urls[0]
-    # nothing else: the pHash removals as before, and random embeddings are no one's copy
-    assert set(why) == gone | {a[:2], b[:2], c[:2]}
+    # nothing else: the pHash removals as before, the other samples of c's picture (the world
+    # repeats pictures), and random embeddings are no one's copy
+    twins = {k for k, im in images.items() if k not in gone and k[1] != c[1] and not is_holdout(k[1], HOLDOUT)
+             and np.array_equal(np.asarray(im), np.asarray(images[c[:2]]))}
+    assert all(why[k]["reason"] == "eval_set_copy" and why[k]["of"] == urls[0] for k in twins)
+    assert set(why) == gone | {a[:2], b[:2], c[:2]} | twins
     assert doc["eval_images"] == len(held) + 2  # the 404 is not an image
     assert doc["semantic"]["training_samples_with_embeddings"] == len(rows) - len(held)
     assert doc["semantic"]["reference_embeddings"] == len(held) + 2

@@ -99,7 +99,7 @@ class TrainConfig(Section):
     )
     decontamination_max_distance: int = Field(
         4, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy (as select.neardup.phash_max_distance; "
-        "no colour check here: a training image with the layout of an evaluation image in other colours goes too)")
+        "confirmed by the colour grids within select.neardup.colour_max_difference, as at select)")
     decontaminate_semantic: bool = Field(
         True,
         description="also remove training samples whose CLIP image embedding has cosine >= 1 - select.neardup.eps with a "

@@ -15,7 +15,9 @@ misses (crops, overlays) are found on them too, as SemDeDup finds them at select
 are embedded here with the same CLIP; `train.decontaminate_semantic`).
 
 A sample within `train.decontamination_max_distance` bits of any evaluation image is removed from
-training (the loader skips it by (shard, key) and counts it). What was removed, and why (the
+training, unless their colour grids differ by more than select.neardup.colour_max_difference (as at
+select: pHash reads brightness only, and the same layout in other colours is another picture; only
+the hash candidates are decoded to compare them) (the loader skips it by (shard, key) and counts it). What was removed, and why (the
 evaluation image it copies and the distance), is `train/{name}/decontamination.json`, and the
 counts go to the train manifest. The comparison is by hash bands (as select's near-duplicate
 phases), so it costs one pass over the training hashes whatever the number of evaluation images.
@@ -30,7 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .. import fsio
-from ..neardup.phash import bands, hamming, phash_of_bytes
+from ..neardup.phash import bands, colour_difference, features_of_bytes, hamming, phash_of_bytes
 from ..shards import image_member
 from .holdout import _parquet_of
 from .loader import is_holdout
@@ -128,12 +130,12 @@ def _url_list_images(path: Path) -> list[tuple[str, bytes | None]]:
     return out
 
 
-def _matches(train: np.ndarray, evals: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train index, eval index, distance) of the closest evaluation image within max_distance
-    bits of each training hash that has one: candidates share a band (pigeonhole), then checked."""
+def _candidates(train: np.ndarray, evals: np.ndarray, max_distance: int) -> dict[int, list[tuple[int, int]]]:
+    """Training index -> [(eval index, distance)] of every evaluation hash within max_distance
+    bits, closest first: candidates share a band (pigeonhole), then checked."""
     n_bands = max_distance + 1
     tb, eb = bands(train, n_bands), bands(evals, n_bands)
-    best: dict[int, tuple[int, int]] = {}
+    found: dict[int, dict[int, int]] = {}
     for j in range(n_bands):
         index: dict[int, list[int]] = {}
         for e, v in enumerate(eb[:, j].tolist()):
@@ -141,10 +143,34 @@ def _matches(train: np.ndarray, evals: np.ndarray, max_distance: int) -> tuple[n
         for t, v in enumerate(tb[:, j].tolist()):
             for e in index.get(v, ()):
                 d = int(hamming(train[t], evals[e]))
-                if d <= max_distance and (t not in best or d < best[t][1]):
-                    best[t] = (e, d)
-    ts = np.array(sorted(best), dtype=np.int64)
-    return ts, np.array([best[t][0] for t in ts], dtype=np.int64), np.array([best[t][1] for t in ts], dtype=np.int64)
+                if d <= max_distance:
+                    found.setdefault(t, {})[e] = d
+    return {t: sorted(((e, d) for e, d in m.items()), key=lambda x: (x[1], x[0])) for t, m in sorted(found.items())}
+
+
+def _colour_grids(names: set[str], images: dict[str, bytes | None]) -> dict[str, np.ndarray]:
+    """The colour grids (`neardup.phash.features`) of the named images: evaluation-set images from
+    their bytes, dataset samples ("shard#key") decoded from their tar; only these few (the hash
+    candidates) are decoded."""
+    out: dict[str, np.ndarray] = {}
+    wanted: dict[str, set[str]] = {}
+    for name in names:
+        if name in images:
+            f = features_of_bytes(images[name]) if images[name] is not None else None
+            if f is not None:
+                out[name] = np.frombuffer(f[1], np.uint8)
+        else:
+            shard, _, key = name.rpartition("#")
+            wanted.setdefault(shard, set()).add(key)
+    for shard, keys in sorted(wanted.items()):
+        for sample in tar_samples([shard], lambda e: True):
+            key = sample.get("__key__", "")
+            if key in keys:
+                image = image_member(sample)
+                f = features_of_bytes(image[1]) if image else None
+                if f is not None:
+                    out[f"{shard}#{key}"] = np.frombuffer(f[1], np.uint8)
+    return out
 
 
 def decontaminate(sources: list[str], run_dir: str, fraction: float, eval_sets: list[str], max_distance: int,
@@ -179,13 +205,28 @@ def decontaminate(sources: list[str], run_dir: str, fraction: float, eval_sets: 
             eval_h.append(h)
             eval_kind.append("eval_set_copy")
     removed = []
+    max_colour = wf.select.neardup.colour_max_difference if wf is not None else None
+    apart = 0  # hash matches the colour grids tell apart
     if train_h and eval_h:
-        ts, es, ds = _matches(np.array(train_h, np.int64), np.array(eval_h, np.int64), max_distance)
-        for t, e, d in zip(ts.tolist(), es.tolist(), ds.tolist()):
+        found = _candidates(np.array(train_h, np.int64), np.array(eval_h, np.int64), max_distance)
+        grids: dict[str, np.ndarray] = {}
+        if max_colour is not None and found:
+            names = {eval_names[e] for m in found.values() for e, _ in m}
+            names |= {"#".join(train_ids[t]) for t in found}
+            grids = _colour_grids(names, {n: b for imgs in eval_images.values() for n, b in imgs})
+        for t, matches in found.items():
             shard, key = train_ids[t]
-            removed.append({"shard": shard, "key": key, "reason": eval_kind[e], "of": eval_names[e], "distance": d})
-    doc = {"max_distance": max_distance, "eval_images": len(eval_h), "training_samples": len(train_h),
-           "without_hash": no_hash}
+            mine = grids.get(f"{shard}#{key}")
+            for e, d in matches:  # the closest match the colours confirm (or that has no grid to check)
+                theirs = grids.get(eval_names[e])
+                if mine is not None and theirs is not None and int(colour_difference(mine, theirs)) > max_colour:
+                    continue
+                removed.append({"shard": shard, "key": key, "reason": eval_kind[e], "of": eval_names[e], "distance": d})
+                break
+            else:
+                apart += 1
+    doc = {"max_distance": max_distance, "colour_max_difference": max_colour, "eval_images": len(eval_h),
+           "training_samples": len(train_h), "without_hash": no_hash, "told_apart_by_colour": apart}
     if wf is not None and getattr(wf.train, "decontaminate_semantic", False):
         found, doc["semantic"] = semantic_copies(shards, run_dir, fraction, eval_images, wf.select.neardup.eps, wf,
                                                  {(r["shard"], r["key"]) for r in removed})

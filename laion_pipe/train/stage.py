@@ -58,13 +58,13 @@ def fingerprint(wf, shards: dict[str, list[str]], out: str | None = None) -> str
 
 def decontamination_identity(wf) -> list:
     """What else decides the decontaminated training set: each evaluation set's files (not only
-    their names) and, with semantic decontamination, select.neardup.eps."""
+    their names), the colour check's bound and, with semantic decontamination, select.neardup.eps."""
     if not wf.train.decontaminate:
         return []
     from .decontaminate import eval_set_identity
 
     eps = wf.select.neardup.eps if wf.train.decontaminate_semantic else None
-    return [[eval_set_identity(s) for s in wf.train.eval_sets], eps]
+    return [[eval_set_identity(s) for s in wf.train.eval_sets], eps, wf.select.neardup.colour_max_difference]
 
 
 def dataset_upstream(out: str | None, shards: dict[str, list[str]]) -> tuple[tuple[str, str, str], ...]:
