@@ -121,11 +121,14 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("sha256", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("phash", pa.int64()),
+        pa.field("colour_grid", pa.binary(12)),
     ]
 )
 """images/{subset}/NNNNN.parquet: the input columns, `caption` (= text, img2dataset's name),
-img2dataset's result columns, our drop `reason`, and `phash` (the stored image's 64-bit perceptual
-hash as int64, laion_pipe.neardup.phash; null for a failed sample or a shard written before it)."""
+img2dataset's result columns, our drop `reason`, `phash` (the stored image's 64-bit perceptual
+hash as int64, laion_pipe.neardup.phash) and `colour_grid` (the mean R, G, B of each quadrant of
+the stored image, 12 bytes, which confirms a pHash match); both null for a failed sample or a
+shard written before them."""
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 """Tar member extensions that hold a sample's image (download writes one of them)."""

@@ -16,18 +16,70 @@ from laion_pipe import runner
 from laion_pipe.config import workflow_from_dict
 from laion_pipe.models.demo import synth
 from laion_pipe.neardup import match
-from laion_pipe.neardup.phash import bands, hamming, phash
+from laion_pipe.neardup.phash import bands, colour_array, features, features_of_bytes, hamming, hash_of_thumbnail, phash
 from laion_pipe.schema import SCORE_SCHEMA
 from laion_pipe.stages import select
 
 
-def test_phash_is_imagehash_phash_as_int64():
+def _imagehash(im: Image.Image) -> int:
+    h = int(str(imagehash.phash(im)), 16)
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _photo_like(w: int, h: int, seed: int) -> Image.Image:
+    """A smooth colour field with shapes and sensor-like noise (as benchmarks/bench_download.py's)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    small = (rng.random((max(2, h // 48), max(2, w // 48), 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
+        box = (x0, y0, x0 + int(rng.integers(10, w // 2)), y0 + int(rng.integers(10, h // 2)))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+    arr = np.asarray(im).astype(np.int16) + rng.normal(0, 6, (h, w, 3)).astype(np.int16)
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def test_the_dct_and_bits_are_imagehash_phash():
+    # imagehash's own thumbnail (grey, Lanczos 32x32) through our DCT rows: imagehash's hash exactly
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        im = synth.render(synth.random_scene(rng), 96)
-        ours = phash(im) & ((1 << 64) - 1)
-        assert ours == int(str(imagehash.phash(im)), 16)
-        assert phash(np.asarray(im)[..., ::-1], bgr=True) == phash(im)
+    for i in range(20):
+        im = synth.render(synth.random_scene(rng, watermark=0.3), int(rng.integers(40, 300))) if i % 2 else \
+            _photo_like(int(rng.integers(60, 400)), int(rng.integers(60, 400)), i)
+        thumb = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+        assert hash_of_thumbnail(thumb) == _imagehash(im)
+
+
+def test_phash_is_within_a_few_bits_of_imagehash():
+    """The area-filtered thumbnail (cheap, from the array in memory) against imagehash's Lanczos:
+    the bound the module docstring states. Low-contrast blurred scenes have coefficients near
+    their median, so any change moves their bits (a re-encode too): they are the outliers."""
+    rng = np.random.default_rng(0)
+    demo = []
+    for _ in range(150):
+        im = synth.render(synth.random_scene(rng, watermark=0.2, degradation=0.2), int(rng.integers(64, 400)))
+        demo.append(int(hamming(phash(im), _imagehash(im))))
+        assert phash(np.asarray(im)[..., ::-1], bgr=True) == phash(im) == phash(np.asarray(im))
+    photos = [int(hamming(phash(im), _imagehash(im)))
+              for im in (_photo_like(int(rng.integers(200, 700)), int(rng.integers(200, 700)), i) for i in range(60))]
+    for d in (demo, photos):
+        assert np.mean(d) < 1.0 and np.mean(np.array(d) <= 2) >= 0.9, np.bincount(d)
+    assert max(photos) <= 4, np.bincount(photos)
+
+
+def test_colour_grid_is_the_mean_colour_of_each_quadrant():
+    rng = np.random.default_rng(4)
+    for side in (64, 96, 320):  # multiples of 32: the area filter's cells tile the quadrants exactly
+        im = synth.render(synth.random_scene(rng), side)
+        arr = np.asarray(im).astype(np.float64)
+        h = side // 2
+        want = [arr[y:y + h, x:x + h].reshape(-1, 3).mean(axis=0) for y in (0, h) for x in (0, h)]
+        got = np.frombuffer(features(im)[1], np.uint8).reshape(4, 3)
+        assert np.abs(got - np.array(want)).max() <= 1.0
+        assert features(np.asarray(im)[..., ::-1].copy(), bgr=True) == features(im)
+    assert features_of_bytes(b"not an image") is None
 
 
 def test_hamming_and_bands_find_every_pair_within_d_bits():
@@ -82,6 +134,33 @@ def test_hash_and_cosine_drops_match_brute_force():
     assert dict(zip(got.dropped.tolist(), got.survivor.tolist())) == want and want
 
 
+def test_hash_drops_with_colour_grids_match_brute_force():
+    """The colour check: a hash match counts only when every quadrant's colour is within
+    max_colour levels; a row without a grid (a shard written before it) is matched by hash alone."""
+    rng = np.random.default_rng(9)
+    n = 400
+    base = rng.integers(0, 2**62, size=30, dtype=np.int64)
+    hashes = base[rng.integers(0, 30, n)]
+    grids = rng.integers(0, 256, size=(6, 12))[rng.integers(0, 6, n)] + rng.integers(-8, 9, size=(n, 12))
+    grids = grids.clip(0, 255).astype(np.uint8)
+    valid = rng.random(n) > 0.2
+    values = [g.tobytes() if v else None for g, v in zip(grids, valid)]
+    grid, ok = colour_array(values)
+    assert (ok == valid).all() and (grid[valid] == grids[valid]).all()
+    sim, area, keys = rng.random(n), np.full(n, 100), [f"{i:04d}" for i in range(n)]
+    got = match.hash_drops(hashes, match.rank_order(sim, area, keys), 0, (grid, ok), 10)
+
+    def close(i, j):
+        if hashes[i] != hashes[j]:
+            return False
+        return not (valid[i] and valid[j]) or np.abs(grids[i].astype(int) - grids[j].astype(int)).max() <= 10
+
+    want = _brute(list(range(n)), sim, area, keys, close)
+    assert dict(zip(got.dropped.tolist(), got.survivor.tolist())) == want
+    plain = match.hash_drops(hashes, match.rank_order(sim, area, keys), 0)
+    assert len(want) < len(plain.dropped)  # the grids kept some hash matches apart
+
+
 # --- select's phases on shards with known copies -------------------------------------------------------
 
 
@@ -91,25 +170,34 @@ def _jpeg(im: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
-def _world(n_scenes: int = 24, seed: int = 3):
+def _world(n_scenes: int = 24, seed: int = 3, recoloured: bool = False):
     """(subset, shard) -> rows: each scene once, and every third scene copied twice more (re-encoded
     at quality 70, resized to 80%) in other shards and subsets, with a lower similarity than the
-    original except for one copy that beats it."""
+    original except for one copy that beats it. With `recoloured`, every fourth scene has a
+    distinct twin: the same layout in other colours (a scene of its own, not a copy), which
+    pHash alone cannot tell from it."""
+    import dataclasses
+
     rng = np.random.default_rng(seed)
     rows: dict[tuple[str, int], list[dict]] = {}
     copies = {}  # (subset, shard, index) of a copy -> its scene
     for s in range(n_scenes):
-        im = synth.render(synth.random_scene(rng), 128)
+        scene = synth.random_scene(rng)
+        im = synth.render(scene, 128)
         place = [("en", s % 2), ("multi", 0), ("en", 2)]
-        variants = [(im, 0.8)]
+        variants = [(im, 0.8, s)]
         if s % 3 == 0:
             better = s % 6 == 0  # this copy has the highest similarity: the original goes
-            variants += [(_jpeg(im, 70), 0.9 if better else 0.7), (im.resize((102, 102), Image.BILINEAR), 0.6)]
-        for k, (v, sim) in enumerate(variants):
-            where = place[k]
+            variants += [(_jpeg(im, 70), 0.9 if better else 0.7, s), (im.resize((102, 102), Image.BILINEAR), 0.6, s)]
+        if recoloured and s % 4 == 1:
+            others = [c for c in synth.COLOURS if c not in (scene.colour, scene.background)]
+            twin = dataclasses.replace(scene, colour=others[0], background=others[1])
+            variants.append((synth.render(twin, 128), 0.5, n_scenes + s))
+        for k, (v, sim, scene_id) in enumerate(variants):
+            where = place[k] if k < len(place) else ("en", 3)
             bucket = rows.setdefault(where, [])
-            copies[(where[0], where[1], len(bucket))] = s
-            bucket.append({"text": f"scene {s} copy {k}", "image": v, "sim": sim})
+            copies[(where[0], where[1], len(bucket))] = scene_id
+            bucket.append({"text": f"scene {scene_id} copy {k}", "image": v, "sim": sim})
     return rows, copies
 
 
@@ -120,13 +208,11 @@ def _write(tmp_path, rows, with_phash: bool = True, embeddings: dict | None = No
         write_shard(tmp_path, subset, shard, pairs)
         meta_path = tmp_path / "images" / subset / f"{shard:05d}.parquet"
         meta = pq.read_table(meta_path)
-        if with_phash:  # as download writes it: the stored image's hash (here through imagehash directly)
-            hashes = []
-            for r in rs:
-                stored = Image.open(io.BytesIO(_stored_bytes(r["image"]))).convert("RGB")
-                h = int(str(imagehash.phash(stored)), 16)
-                hashes.append(h - (1 << 64) if h >= 1 << 63 else h)
-            pq.write_table(meta.append_column("phash", pa.array(hashes, pa.int64())), meta_path)
+        if with_phash:  # as download writes them: the stored image's hash and colour grid
+            found = [features_of_bytes(_stored_bytes(r["image"])) for r in rs]
+            meta = meta.append_column("phash", pa.array([f[0] for f in found], pa.int64()))
+            meta = meta.append_column("colour_grid", pa.array([f[1] for f in found], pa.binary(12)))
+            pq.write_table(meta, meta_path)
             record_done(tmp_path, "download", f"{subset}-{shard:05d}", [f"images/{subset}/{shard:05d}.parquet"])
         n = len(rs)
         scores = pa.table({
@@ -179,9 +265,19 @@ def _expected(rows, close):
     return {where[i] for i in drops}
 
 
-def _hash_close(a, b, bits=3):
-    h = [imagehash.phash(Image.open(io.BytesIO(_stored_bytes(x["image"]))).convert("RGB")) for x in (a, b)]
-    return h[0] - h[1] <= bits
+def _hash_close(a, b, bits=3, colour=12):
+    """Copies by the documented rule, pair by pair: pHash (tested against imagehash above) within
+    `bits`, and every quadrant's mean colour (numpy on the decoded stored image) within `colour`."""
+    stored = [np.asarray(Image.open(io.BytesIO(_stored_bytes(x["image"]))).convert("RGB"), dtype=np.float64)
+              for x in (a, b)]
+    h = [phash(Image.fromarray(x.astype(np.uint8))) for x in stored]
+    if int(hamming(h[0], h[1])) > bits:
+        return False
+    if colour is None:
+        return True
+    means = [np.array([x[y:y + len(x) // 2, c:c + len(x) // 2].reshape(-1, 3).mean(axis=0)
+                       for y in (0, len(x) // 2) for c in (0, len(x) // 2)]) for x in stored]
+    return np.abs(np.rint(means[0]) - np.rint(means[1])).max() <= colour
 
 
 def _dropped(out) -> set:
@@ -198,14 +294,14 @@ def _texts(rows, where_set):
 
 @pytest.mark.parametrize("with_phash", [True, False], ids=["phash-column", "legacy-shards-hashed-from-tars"])
 def test_select_drops_exactly_the_lower_ranked_copies(tmp_path, dask_client, with_phash):
-    rows, copies = _world()
+    rows, copies = _world(recoloured=True)
     _write(tmp_path, rows, with_phash=with_phash)
     wf = workflow_from_dict({"runner": {"progress": False}, "select": {
         "similarity": {"en": 0.1, "multi": 0.1, "nolang": 0.1}, "samples_per_shard": 7,
-        "neardup": {"phash": True, "phash_max_distance": 3, "rows_per_bucket": 40}}})
+        "neardup": {"phash": True, "phash_max_distance": 4, "rows_per_bucket": 40}}})
     report = select.run(str(tmp_path), wf, dask_client)
     assert report.complete, report.failed
-    want = _expected(rows, _hash_close)
+    want = _expected(rows, lambda a, b: _hash_close(a, b, bits=4))
     all_texts = {r["text"] for rs in rows.values() for r in rs}
     kept = _dropped(tmp_path)
     assert all_texts - kept == _texts(rows, want)
@@ -217,6 +313,13 @@ def test_select_drops_exactly_the_lower_ranked_copies(tmp_path, dask_client, wit
     for w in want:
         per_scene[copies[w]] = per_scene.get(copies[w], 0) + 1
     assert len(_truth(copies)) == 16 and all(n <= 2 and s % 3 == 0 for s, n in per_scene.items()) and len(want) >= 13
+    # the recoloured twins are scenes of their own and stay, though pHash puts some within 4 bits
+    twins = {w: s for w, s in copies.items() if s >= 24}
+    assert len(twins) == 6 and not set(twins) & want
+    by_text = {r["text"]: r for rs in rows.values() for r in rs}
+    hash_alike = [w for w, s in twins.items()
+                  if _hash_close(rows[w[:2]][w[2]], by_text[f"scene {s - 24} copy 0"], bits=4, colour=None)]
+    assert hash_alike, "no twin is within 4 bits of its scene: the colour check went untested"
     # several reduce buckets ran, and their result files say who replaced whom
     nd = runner.current(str(tmp_path), "select.neardup")
     assert len(nd) > 1 and all(runner.read_plan(str(tmp_path), "select.neardup"))
@@ -228,6 +331,12 @@ def test_select_drops_exactly_the_lower_ranked_copies(tmp_path, dask_client, wit
     assert again.done == 0 and again.skipped == report.done
     en = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "dataset" / "en").glob("*.parquet"))])
     assert en["phash"].null_count == (0 if with_phash else en.num_rows)
+    # without the colour check, the twins pHash confuses with their scene go too
+    no_colour = workflow_from_dict({"runner": {"progress": False}, "select": {
+        "similarity": {"en": 0.1, "multi": 0.1, "nolang": 0.1}, "samples_per_shard": 7,
+        "neardup": {"phash": True, "phash_max_distance": 4, "rows_per_bucket": 40, "colour_max_difference": None}}})
+    select.run(str(tmp_path), no_colour, dask_client)
+    assert _texts(rows, hash_alike) <= all_texts - _dropped(tmp_path)
     # turned off: every copy is back
     off = workflow_from_dict({"runner": {"progress": False}, "select": {
         "similarity": {"en": 0.1, "multi": 0.1, "nolang": 0.1}, "samples_per_shard": 7}})

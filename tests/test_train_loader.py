@@ -23,8 +23,8 @@ import webdataset as wds
 from PIL import Image
 
 from laion_pipe.train.buckets import bucket_sizes, nearest_bucket
-from laion_pipe.train.loader import (LoaderSpec, ResumePlan, SampleFilter, filter_reason, is_holdout, make_loader, resume_plan,
-                                     worker_plan)
+from laion_pipe.train.loader import (LoaderSpec, LoaderStream, Position, ResumePlan, SampleFilter, filter_reason, is_holdout,
+                                     make_loader, resume_plan, worker_plan)
 from laion_pipe.train.loader_images import cover_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -454,6 +454,35 @@ def test_resume_in_the_epochs_tail_with_two_workers_and_unbalanced_shards(tmp_pa
         for b in rest[1:]:  # after the first, the same batches with the same pixels and captions
             j = next(i for i, f in enumerate(full) if f["key"] == b["key"])
             assert b["caption"] == full[j]["caption"] and torch.equal(b["pixel_values"], full[j]["pixel_values"])
+
+
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_the_batches_own_positions_resume_without_a_replay_in_the_main_process(tmp_path, buckets, monkeypatch):
+    """Each batch names its logical worker; the Position they add up to after any batch is the
+    plan the sample count gives (found by replaying every worker), and resuming from it hands out
+    the same rest without that replay."""
+    folder = _unbalanced(tmp_path, [61, 9, 12, 5])
+    s = spec(folder / "*.tar", num_workers=2, aspect_buckets=buckets, resolution=32, caption_dropout=0.3,
+             random_flip=True, center_crop=False, shuffle_buffer=20, batch_size=6)
+    full = list(make_loader(s, epoch=2))
+    flat = [k for b in full for k in b["key"]]
+    assert {b["worker"] for b in full} == {0, 1} and full[-1]["worker"] == full[-2]["worker"]  # a tail
+    positions, pos = [], Position.start(2)
+    for b in full:
+        pos.take(b)
+        positions.append(Position(list(pos.batches), pos.next_worker))
+    replays = []
+    real_sizes = LoaderStream._sizes
+    monkeypatch.setattr(LoaderStream, "_sizes", lambda self, *a: replays.append(a) or real_sizes(self, *a))
+    ends = np.cumsum([len(b["key"]) for b in full]).tolist()
+    for i in sorted({0, 1, 2, 3, len(full) // 2, len(full) - 3, len(full) - 2}):
+        cut, plan = ends[i], positions[i].plan()
+        assert plan == resume_plan(cut, [[len(b["key"]) for b in full if b["worker"] == w] for w in (0, 1)]), i
+        replays.clear()
+        rest = list(make_loader(s, epoch=2, start_sample=cut, plan=plan))
+        assert not replays, "the training process replayed the workers' batches"
+        assert [k for b in rest for k in b["key"]] == flat[cut:], f"after batch {i}: replayed or skipped samples"
+        assert [b["worker"] for b in rest] == [b["worker"] for b in full[i + 1:]]
 
 
 @pytest.mark.parametrize("start", [16, 24, 29, 45])

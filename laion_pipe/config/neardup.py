@@ -17,9 +17,17 @@ class NearDupConfig(Section):
         "(`near_duplicate`); off by default, as LAION-5B kept near-duplicates (the demo workflow turns it on)",
     )
     phash_max_distance: int = Field(
-        3, ge=0, le=16,
+        4, ge=0, le=16,
         description="largest Hamming distance (bits of 64) between the pHashes of two copies; re-encodes and resizes "
-        "move 0-4 bits, distinct flat synthetic scenes can be 4 apart (demo world), photos rarely under 10",
+        "move 0-4 bits (benchmarks/bench_neardup_world.py), distinct photos are rarely under 10 apart; distances "
+        "between hashes are even (each has 32 bits set), so 3 acts as 2",
+    )
+    colour_max_difference: int | None = Field(
+        12, ge=0, le=255,
+        description="two images within phash_max_distance are copies only when their colour grids (mean R, G, B of "
+        "each quadrant) differ by at most this many levels of 255 in every value: pHash reads brightness only, so "
+        "the same layout in other colours hashes alike (re-encodes move the grid by under 5 levels, resizes by "
+        "under 1, distinct demo scenes that pHash confuses by 14-200). null: the hash alone decides",
     )
     semantic: bool = Field(
         False,

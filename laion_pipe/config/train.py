@@ -100,7 +100,15 @@ class TrainConfig(Section):
         description="before training, remove every training sample whose perceptual hash is within "
         "decontamination_max_distance bits of a held-out sample's or an eval_sets image's (train/{name}/decontamination.json)",
     )
-    decontamination_max_distance: int = Field(3, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy")
+    decontamination_max_distance: int = Field(
+        4, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy (as select.neardup.phash_max_distance; "
+        "confirmed by the colour grids within select.neardup.colour_max_difference, as at select)")
+    decontaminate_semantic: bool = Field(
+        True,
+        description="also remove training samples whose CLIP image embedding has cosine >= 1 - select.neardup.eps with a "
+        "held-out sample's or an eval_sets image's, where the score stage saved embeddings (score.save_embeddings): "
+        "copies pHash misses (crops, overlays)",
+    )
     eval_sets: list[str] = Field(
         [], description="evaluation images training must not see copies of: folders of images, WebDataset shards "
         "(a tar, folder or glob), or text files of image URLs (.txt, one per line)",

@@ -3,10 +3,12 @@ watermarked), found and removed at select time, and kept away from evaluation.
 
 Two detectors, each a counted drop reason of `select` (schema.DROP_REASONS):
 
-- `near_duplicate`: a 64-bit perceptual hash (DCT pHash, imagehash's) of each stored image,
-  computed at download (`phash` column of `images/{subset}/NNNNN.parquet`); two images are copies
-  when their hashes differ in at most `select.neardup.phash_max_distance` bits. Catches
-  re-encodes and resizes (the hash is of the low frequencies of a 32x32 grey thumbnail).
+- `near_duplicate`: a 64-bit perceptual hash (DCT pHash, as imagehash's) of each stored image,
+  computed at download from the resized pixels (`phash` column of `images/{subset}/NNNNN.parquet`),
+  with the mean colour of each quadrant (`colour_grid`); two images are copies when their hashes
+  differ in at most `select.neardup.phash_max_distance` bits and their colour grids by at most
+  `colour_max_difference` levels. Catches re-encodes and resizes (the hash is of the low
+  frequencies of a 32x32 grey thumbnail; the grid tells apart the same layout in other colours).
 - `semantic_duplicate`: SemDeDup (Abbas et al. 2023) on the score stage's CLIP image embeddings:
   k-means clusters, then within each cluster two images are copies when their cosine is at least
   1 - `select.neardup.eps`. Catches what changes pixels but not content (crops, overlays) with a

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .phash import hamming
+from .phash import colour_difference, hamming
 
 CHUNK = 1024
 
@@ -52,16 +52,28 @@ def _first_match(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(has), mask[has].argmax(axis=1)
 
 
-def hash_drops(hashes, order: np.ndarray, max_distance: int) -> Drops:
+def hash_drops(hashes, order: np.ndarray, max_distance: int, colours: tuple[np.ndarray, np.ndarray] | None = None,
+               max_colour: int | None = None) -> Drops:
     """Rows (already grouped so that only rows sharing a band are passed together, or any set of
-    rows) whose pHash is within `max_distance` bits of a higher-ranked row's."""
+    rows) whose pHash is within `max_distance` bits of a higher-ranked row's and, with `colours`
+    ([N, 12] colour grids and their [N] validity, `phash.colour_array`) and `max_colour`, whose
+    colour grids differ by at most `max_colour` levels (a pair where either has no grid: the
+    hash alone decides)."""
     h = np.asarray(hashes, dtype=np.int64)[order]
+    check = colours is not None and max_colour is not None
+    if check:
+        grid, valid = colours[0][order], colours[1][order]  # type: ignore[index]
     dropped, survivor, score = [], [], []
     for a in range(1, len(h), CHUNK):
         b = min(a + CHUNK, len(h))
         d = hamming(h[a:b, None], h[None, :b])  # [b-a, b]
         upper = np.arange(b)[None, :] < np.arange(a, b)[:, None]  # only rows ranked above
-        rows, cols = _first_match((d <= max_distance) & upper)
+        close = (d <= max_distance) & upper
+        if check and close.any():
+            r, c = np.nonzero(close)  # only the hash matches (few) get their colours compared
+            far = (colour_difference(grid[a + r], grid[c]) > max_colour) & valid[a + r] & valid[c]
+            close[r[far], c[far]] = False
+        rows, cols = _first_match(close)
         dropped.append(order[a + rows])
         survivor.append(order[cols])
         score.append(d[rows, cols].astype(np.float32))

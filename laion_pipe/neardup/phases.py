@@ -8,7 +8,7 @@ hash-partitioned shuffle through files, like the dedup stage:
    most `kmeans_sample` rows, and clustered with faiss (spherical k-means, k = images /
    `cluster_size`, one thread, fixed seed: the same centroids on every rerun).
 1. `select.neardup.map`, one task per input shard: its scored rows (key, similarity, original
-   size, pHash; the pHash computed from the tar for shards downloaded before the column
+   size, pHash and colour grid; computed from the tar for shards downloaded before the columns
    existed) go to bucket files under `_work/select/neardup/`: each pHash cut into
    `phash_max_distance + 1` bands, one entry per band into the bucket of (band, value); each
    embedding into the group of its nearest centroid.
@@ -42,7 +42,7 @@ from .. import clean, fsio, runner, shards
 from ..runner import Outcome, Partition, StageReport
 from ..schema import STATUS_OK, SUBSETS
 from . import match
-from .phash import bands, phash_of_bytes
+from .phash import COLOUR_BYTES, bands, colour_array, features_of_bytes
 
 MAP_STAGE = "select.neardup.map"
 STAGE = "select.neardup"
@@ -86,35 +86,41 @@ def _mix(*parts: Any) -> int:
 
 
 def shard_rows(shard: Any) -> pa.Table:
-    """The shard's scored rows: subset, shard, key, similarity, area, phash (int64, null when the
-    image has none). Shards downloaded before the phash column existed are hashed from the tar."""
+    """The shard's scored rows: subset, shard, key, similarity, area, phash (int64) and
+    colour_grid (12 bytes), null when the image has none. Shards downloaded before the phash
+    column existed are hashed from the tar; those written before the colour grid have none (their
+    hash matches go unconfirmed)."""
     scores = _read(shard.scores, ["key", "similarity", "status"])
     scores = scores.filter(pc.equal(scores["status"], STATUS_OK)).drop_columns(["status"])
     names = _schema_names(shard.meta)
-    cols = ["key", "original_width", "original_height"] + (["phash"] if "phash" in names else [])
-    meta = _read(shard.meta, cols)
+    extra = [c for c in ("phash", "colour_grid") if c in names]
+    meta = _read(shard.meta, ["key", "original_width", "original_height"] + extra)
     t = scores.join(meta, "key", join_type="left outer", use_threads=False).sort_by("key")
     w = pc.cast(t["original_width"], pa.int64())
     h = pc.cast(t["original_height"], pa.int64())
     if "phash" in names:
         phash = pc.cast(t["phash"], pa.int64()).combine_chunks()
+        grid = (pc.cast(t["colour_grid"], pa.binary(COLOUR_BYTES)).combine_chunks() if "colour_grid" in names
+                else pa.nulls(t.num_rows, pa.binary(COLOUR_BYTES)))
     else:
-        phash = pa.array(_hash_from_tar(shard.tar, t["key"].to_pylist()), pa.int64())
+        found = _features_from_tar(shard.tar, t["key"].to_pylist())
+        phash = pa.array([f[0] if f else None for f in found], pa.int64())
+        grid = pa.array([f[1] if f else None for f in found], pa.binary(COLOUR_BYTES))
     n = t.num_rows
     return pa.table({
         "subset": pa.array([shard.subset] * n, pa.string()), "shard": pa.array([shard.shard] * n, pa.string()),
         "key": t["key"], "similarity": pc.cast(t["similarity"], pa.float32()),
-        "area": pc.multiply(w, h), "phash": phash,
+        "area": pc.multiply(w, h), "phash": phash, "colour_grid": grid,
     })  # fmt: skip
 
 
-def _hash_from_tar(tar: str, keys: list[str]) -> list[int | None]:
+def _features_from_tar(tar: str, keys: list[str]) -> list[tuple[int, bytes] | None]:
     wanted = set(keys)
-    found: dict[str, int | None] = {}
+    found: dict[str, tuple[int, bytes] | None] = {}
     for sample in shards.iter_tar_samples(tar):
         if sample["__key__"] in wanted:
             image = shards.image_member(sample)
-            found[sample["__key__"]] = phash_of_bytes(image[1]) if image else None
+            found[sample["__key__"]] = features_of_bytes(image[1]) if image else None
     return [found.get(k) for k in keys]
 
 
@@ -262,6 +268,7 @@ def process_reduce(part: Partition, out: str, wf: Any) -> Outcome:
     t = pa.concat_tables([_read(fsio.join(out, f)) for f in files]) if files else None
     found: list[pa.Table] = []
     if t is not None and t.num_rows:
+        has_grid = "colour_grid" in t.column_names and cfg.colour_max_difference is not None
         rank = np.empty(t.num_rows, dtype=np.int64)
         rank[_ranked(t)] = np.arange(t.num_rows)  # position of each row, best first
         group_cols = ["band", "value"] if kind == HASH else ["cluster"]
@@ -277,7 +284,9 @@ def process_reduce(part: Partition, out: str, wf: Any) -> Outcome:
                 continue
             local = np.arange(len(members))
             if kind == HASH:
-                d = match.hash_drops(t["phash"].to_numpy()[members], local, cfg.phash_max_distance)
+                grids = colour_array(t["colour_grid"].take(pa.array(members)).to_pylist()) if has_grid else None
+                d = match.hash_drops(t["phash"].to_numpy()[members], local, cfg.phash_max_distance, grids,
+                                     cfg.colour_max_difference)
             else:
                 emb = t["emb"].take(pa.array(members)).combine_chunks().flatten().to_numpy().reshape(len(members), -1)
                 d = match.cosine_drops(emb, local, cfg.eps)

@@ -4,8 +4,9 @@ A checkpoint is `train/{name}/checkpoint-{step}/`: accelerate's `save_state` (op
 scheduler, gradient scaler, every process's RNG states), the UNet (and its EMA) in diffusers'
 `save_pretrained` layout so the folder also loads as a model (`sampling.load_generator`), the
 noise scheduler, `laion_pipe_model.json`, and one `train_state-rank{r}.json` + `rng-rank{r}.pt`
-per process: the step, the data position of that rank (epoch and samples taken in it) and the
-state of the generator that draws its noise and timesteps.
+per process: the step, the data position of that rank (epoch, samples taken in it, and with
+several loader workers the batches each handed out) and the state of the generator that draws
+its noise and timesteps.
 
 Who writes what: the UNet, its EMA, the scheduler, the model info, the optimizer, LR scheduler and
 scaler are one copy shared by all ranks and are written by the main process only (as diffusers'
@@ -45,6 +46,8 @@ class RankState:
     epoch: int = 0  # this rank's current epoch of the data
     samples_in_epoch: int = 0  # samples this rank took from the loader in that epoch
     samples_seen: int = 0  # samples this rank trained on since the start
+    worker_batches: list[int] | None = None  # batches each loader worker handed out in that epoch (loader.Position)
+    next_worker: int = 0  # the loader worker whose batch comes next
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -14,7 +14,11 @@ dropout (hashed from seed, epoch, shard and key, so they do not depend on what w
 The same (seed, epoch) gives the same batches in the same order; resuming at `start_sample`
 replays the stream up to that point (reading, checks and decoding, which decide what a batch
 holds; not resizing, collating or tokenizing) and hands out exactly the batches an uninterrupted
-run would have handed out after it.
+run would have handed out after it. Each batch names the logical worker that made it
+(`worker`), so the trainer can checkpoint every worker's position (`ResumePlan`): resuming from
+it, each worker replays only its own part of the epoch up to its cut, all in parallel. Without
+a plan (a checkpoint of an older version), the training process first replays every worker's
+part itself to find where the cut falls, which reads the epoch's prefix twice.
 
 Nothing in the data crashes the feed: a sample that cannot be decoded, has no caption or fails
 a filter is skipped and counted, and each batch carries the counts since the previous batch of
@@ -389,17 +393,42 @@ def worker_plan(plan: ResumePlan, worker: int) -> tuple[int, int, int]:
     return logical, plan.skip[logical], (plan.partial if logical == plan.first else 0)
 
 
+@dataclass
+class Position:
+    """Where a rank stands in an epoch, batch by batch: how many batches each logical worker
+    handed out and whose turn is next (the worker after the last one, in the DataLoader's round
+    robin; an exhausted worker's turn is skipped there as before the restart). `plan()` is the
+    ResumePlan of this position, exact without replaying anything."""
+
+    batches: list[int]
+    next_worker: int = 0
+
+    @staticmethod
+    def start(workers: int) -> Position:
+        return Position([0] * max(workers, 1))
+
+    def take(self, batch: dict) -> None:
+        w = int(batch.get("worker", 0))
+        self.batches[w] += 1
+        self.next_worker = (w + 1) % len(self.batches)
+
+    def plan(self) -> ResumePlan:
+        return ResumePlan(self.next_worker, tuple(self.batches))
+
+
 class LoaderStream(IterableDataset):
     """The per-worker pipeline of one (rank, epoch): an IterableDataset of batch dicts. Each
     iteration builds its webdataset pipeline for the worker it runs in."""
 
     def __init__(self, spec: LoaderSpec, pools: list[list[str]], *, tokenize: Tokenize | None, rank: int,
-                 world_size: int, epoch: int, start_sample: int) -> None:
+                 world_size: int, epoch: int, start_sample: int, plan: ResumePlan | None = None) -> None:
         self.spec, self.pools, self.tokenize = spec, pools, tokenize
         self.rank, self.world_size, self.epoch, self.start_sample = rank, world_size, epoch, start_sample
         self.plan: ResumePlan | None = None
         workers = max(spec.num_workers, 1)
-        if start_sample and workers > 1:
+        if workers > 1 and plan is not None and len(plan.skip) == workers:
+            self.plan = plan  # every worker's position, as the trainer recorded it: no replay here
+        elif start_sample and workers > 1:
             # Where the cut falls depends on every worker's batch sizes: replay them here once
             # (reading, checks, decoding; nothing is collated), then each worker replays its own.
             self.plan = resume_plan(start_sample, [self._sizes(w, workers) for w in range(workers)])
@@ -458,7 +487,9 @@ class LoaderStream(IterableDataset):
             if carried:
                 skipped = dict(carried + Counter(skipped))
                 carried.clear()
-            yield collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+            batch = collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+            batch["worker"] = logical  # whose batch: the trainer's record of every worker's position
+            yield batch
 
     def _groups(self, logical: int, workers: int, counts: Counter) -> Iterator[tuple[list[_Item], dict]]:
         """The batches (items, skip counts) logical worker `logical` of `workers` makes, uncollated."""
@@ -491,7 +522,7 @@ def source_pools(spec: LoaderSpec) -> list[list[str]]:
 
 
 def make_pipeline(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int = 0, world_size: int = 1,
-                  epoch: int = 0, start_sample: int = 0) -> LoaderStream:
+                  epoch: int = 0, start_sample: int = 0, plan: ResumePlan | None = None) -> LoaderStream:
     """The streaming pipeline of this rank and epoch (an IterableDataset of batches), checked:
     sources exist and hold enough shards for world_size x num_workers readers."""
     if not 0 <= rank < world_size:
@@ -510,25 +541,34 @@ def make_pipeline(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: i
                 f"{needed}: each rank's each DataLoader worker reads whole shards, so some would get no data. "
                 f"Use fewer workers or write more, smaller shards.")
     return LoaderStream(spec, pools, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
-                        start_sample=start_sample)
+                        start_sample=start_sample, plan=plan)
 
 
 def make_loader(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int = 0, world_size: int = 1,
-                epoch: int = 0, start_sample: int = 0) -> wds.WebLoader:
+                epoch: int = 0, start_sample: int = 0, plan: ResumePlan | None = None) -> wds.WebLoader:
     """A DataLoader (webdataset's WebLoader) of batch dicts for this rank and epoch:
     `pixel_values` float32 [B, 3, H, W] in [-1, 1] (H = W = resolution without buckets),
     `input_ids` (when `tokenize` is given), `caption` (after dropout), `key`, `original_size`
-    and `crop_coords` LongTensor [B, 2] as (height, width) and (top, left), and `skipped`
-    (reason -> samples skipped since the worker's previous batch).
+    and `crop_coords` LongTensor [B, 2] as (height, width) and (top, left), `skipped`
+    (reason -> samples skipped since the worker's previous batch) and `worker` (the logical
+    worker that made the batch: `Position` turns these into a `ResumePlan`).
 
     `start_sample`: samples this rank already took from the loader in this epoch (the sum of
     the batch sizes it handed out), with the same spec, rank and world_size; the loader
-    continues with exactly the batches that came next (see `worker_plan` for the one limit).
+    continues with exactly the batches that came next. `plan` (with num_workers > 1): where
+    each worker stood then (`Position.plan()`), which spares the training process replaying
+    every worker's part of the epoch to find it.
     Ranks' streams differ in length: a DDP loop must end the epoch when any rank runs out.
     Each rank reads its own shards, so the loader must not go through `accelerate`'s
     `prepare` (which would dispatch rank 0's batches to every rank): move batches to the
     device directly."""
-    stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
-                           start_sample=start_sample)
+    return loader_of(make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
+                                   start_sample=start_sample, plan=plan))
+
+
+def loader_of(stream: LoaderStream) -> wds.WebLoader:
+    """The DataLoader of a pipeline (`make_loader` without building it: the caller keeps the
+    stream, and with it the resume plan it settled on)."""
+    spec = stream.spec
     extra = {"prefetch_factor": 2} if spec.num_workers else {}
     return wds.WebLoader(stream, batch_size=None, num_workers=spec.num_workers, persistent_workers=False, **extra)

@@ -60,7 +60,18 @@ def fingerprint(wf, shards: dict[str, list[str]], out: str | None = None) -> str
             except Exception:  # noqa: BLE001 - an HTTP shard without a length
                 ident = None
             sizes.append((src, s, ident))
-    return runner.fingerprint(cfg, text, sizes, dataset_upstream(out, shards))
+    return runner.fingerprint(cfg, text, sizes, dataset_upstream(out, shards), decontamination_identity(wf))
+
+
+def decontamination_identity(wf) -> list:
+    """What else decides the decontaminated training set: each evaluation set's files (not only
+    their names), the colour check's bound and, with semantic decontamination, select.neardup.eps."""
+    if not wf.train.decontaminate:
+        return []
+    from .decontaminate import eval_set_identity
+
+    eps = wf.select.neardup.eps if wf.train.decontaminate_semantic else None
+    return [[eval_set_identity(s) for s in wf.train.eval_sets], eps, wf.select.neardup.colour_max_difference]
 
 
 def dataset_upstream(out: str | None, shards: dict[str, list[str]]) -> tuple[tuple[str, str, str], ...]:
@@ -108,7 +119,7 @@ def write_run_files(out: str, wf) -> str:
         from .decontaminate import FILE, decontaminate, write
 
         doc = decontaminate(list(wf.train.sources), out, wf.train.holdout_fraction, list(wf.train.eval_sets),
-                            wf.train.decontamination_max_distance)
+                            wf.train.decontamination_max_distance, wf=wf)
         write(str(tdir / FILE), doc)
         why = ", ".join(f"{n} {r}" for r, n in sorted(doc["counts"].items())) or "none"
         print(f"train {wf.train.name}: decontamination removed {len(doc['removed'])} of {doc['training_samples']} "
