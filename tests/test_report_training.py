@@ -75,7 +75,9 @@ def _write_eval(root: Path) -> bytes:
     folder = root / "eval" / "demo-curated"
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
-        "clip_score": 0.2213, "retrieval_top1": 0.34375, "fd_clip": 12.5, "n_prompts": 32, "seeds": [0, 1, 2, 3],
+        "clip_score": 0.2213, "retrieval_top1": 0.34375, "retrieval_chance": 0.03125, "fd_clip": 12.5,
+        "fd_clip_interval": [10.25, 14.75], "kid_clip": 0.0125, "n_images": 128, "n_real": 64, "n_prompts": 32,
+        "seeds": [0, 1, 2, 3],
         "sampler": "ddim", "steps": 25, "guidance_scale": 5.0, "model": "train/demo-curated/final"}))
     buf = io.BytesIO()
     GRID.save(buf, format="PNG")
@@ -115,8 +117,11 @@ def test_training_and_evaluation_section(tmp_path):
     html = (root / "stats" / "report.html").read_text()
     assert "train/demo-curated/metrics.jsonl: 2 unreadable line(s) skipped" in html
     ev = page.tables["eval-table"]
-    assert ev[0][:4] == ["Model", "CLIP score", "Retrieval top-1", "FD-CLIP"]
-    assert ev[1] == ["demo-curated", "0.2213", "0.344", "12.5000", "32", "ddim", "25", "5", "4 (0…3)"]
+    assert ev[0] == ["Model", "CLIP score", "Retrieval top-1 (chance)", "FD-CLIP [95% interval]", "KID [95% interval]",
+                     "Images: generated / real", "Prompts", "Sampler", "Steps", "Guidance", "Seeds"]
+    # KID without an interval shows the value alone; the chance level sits next to retrieval
+    assert ev[1] == ["demo-curated", "0.2213", "0.344 (0.031)", "12.5000 [10.2500, 14.7500]", "0.01250", "128 / 64",
+                     "32", "ddim", "25", "5", "4 (0…3)"]
     assert "FD-CLIP: Fréchet distance" in html and "not FID" in html
     # the loss curve and the grid are embedded images: the grid as saved, pixel for pixel
     plots = {"data:image/png;base64," + base64.b64encode((root / "stats" / "plots" / f"{n}.png").read_bytes()).decode()
@@ -170,4 +175,4 @@ def test_missing_metrics_show_as_n_a(tmp_path, metrics):
     row = _page(render_report(str(root))).tables["eval-table"][1]
     assert row[0] == "m" and row[1] == "n/a"
     if metrics:
-        assert row[7] == "3.5" and row[8] == "7"
+        assert row[9] == "3.5" and row[10] == "7"

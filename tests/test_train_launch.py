@@ -117,7 +117,8 @@ def test_slurm_job_script_trains_on_this_machine(tmp_path):
     run = tmp_path / "run"
     write_dataset(run, n=16, shards=2)
     data = train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=3,
-                          holdout_fraction=0.2, launch={"job": "slurm", "nodes": 1, "processes_per_node": 2,
+                          holdout_fraction=0.2, decontaminate=False,  # the fixture's pictures repeat: see test_train_sd
+                          launch={"job": "slurm", "nodes": 1, "processes_per_node": 2,
                                                         "python": sys.executable})  # the script finds a free port
     script = tmp_path / "job.sh"
     script.write_text(train_job_script(workflow_from_dict(data)))
