@@ -74,6 +74,9 @@ class Outcome:
     errors: list[dict] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     max_errors: int = 100
+    details: dict = field(default_factory=dict)
+    """Anything else a later phase reads from the manifest (JSON-able; dedup: where a run file's
+    index lies)."""
 
     def drop(self, reason: str, subset: str = ANY_SUBSET, n: int = 1) -> None:
         if reason not in DROP_REASONS:
@@ -95,6 +98,7 @@ class Outcome:
             "drops": {s: dict(c) for s, c in self.drops.items()},
             "errors": self.errors,
             "outputs": self.outputs,
+            **({"details": self.details} if self.details else {}),
         }
 
 

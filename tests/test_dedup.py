@@ -11,10 +11,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laion_pipe import clean, fsio, runner
+from laion_pipe import clean, fsio, runfiles, runner
 from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.schema import CANDIDATE_SCHEMA, SUBSETS
 from laion_pipe.stages import dedup
+from laion_pipe.stages.dedup_rows import Layout
 from shards import record_done
 
 COLS = CANDIDATE_SCHEMA.names
@@ -200,44 +201,54 @@ def test_same_output_for_any_partitioning(tmp_path, dask_client):
             assert all(a.equals(b) for a, b in zip(first[s], other[s]))
 
 
-# ---------------------------------------------------------------- bounded memory: bucket files, per-bucket reads
+# ---------------------------------------------------------------- bounded memory and files: run files, per-range reads
 
 
 def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
     monkeypatch.setattr(clean, "remove_work", lambda out, stage: (0, 0))  # keep the work files to inspect them
+    monkeypatch.setattr(dedup, "READ_BATCH_ROWS", 16)  # several flushes per task
     rows = random_rows(800, 400, seed=3)
     out = tmp_path / "run"
     write_split(out, rows, 4)
-    wf = wf_of(n_buckets=4, flush_rows=100, rows_per_part=50, group_target_bytes=1)
+    wf = wf_of(n_buckets=8, coarse_buckets=4, flush_rows=30, rows_per_part=50, group_target_bytes=1)
     reads: list[tuple[str, int, int]] = []
-    real_read, real_rows = dedup._read_parquet, dedup._read_rows
+    parts_read: list[tuple[str, int]] = []
+    real_read, real_rows, real_part = dedup._read_parquet, dedup._read_rows, runfiles.read_part
     monkeypatch.setattr(dedup, "_read_parquet", lambda p: reads.append((p, 0, -1)) or real_read(p))
     monkeypatch.setattr(dedup, "_read_rows", lambda p, a, b: reads.append((p, a, b)) or real_rows(p, a, b))
+    monkeypatch.setattr(runfiles, "read_part", lambda info, c: parts_read.append((info.path, c)) or real_part(info, c))
     rep = dedup.run(str(out), wf, dask_client)
-    assert rep.complete
+    assert rep.complete and unique_rows(out) == reference(rows)
 
-    # phase 1 wrote bucket files, several per bucket (flushes and groups), each holding only its hash range
-    bucket_parts, n = dedup.plan_buckets(str(out), wf)
-    assert n == 4 and len(bucket_parts) == 12  # one group per file: 4 files x 3 subsets
-    for b in range(4):
-        files = sorted((out / dedup.bucket_dir(b)).glob("*.parquet"))
-        assert len(files) >= 12
-        for f in files:
-            h = pq.read_table(f)[dedup.HASH_COL].to_numpy()
-            assert set(dedup.bucket_of(h, 4)) == {b}
+    # phase 1: ONE run file per bucketing task, whatever its flushes (files grow with the tasks,
+    # not tasks x buckets); each segment of coarse bucket c holds only c's fine buckets
+    bucket_parts, layout = dedup.plan_buckets(str(out), wf)
+    assert layout == Layout(n_buckets=8, n_coarse=4, n_ranges=4) and len(bucket_parts) == 12  # 4 files x 3 subsets
+    runs = sorted((out / dedup.WORK_DIR / "runs").glob("*.run"))
+    assert [p.name for p in runs] == sorted(f"{p.key}.rows.run" for p in bucket_parts)
+    assert not list((out / dedup.WORK_DIR).rglob("*.parquet.*"))
+    for f in runs:
+        info = runfiles.read_info(str(f))
+        assert info.parts == 4 and info.rounds >= 1
+        for c in range(4):
+            for t in real_part(info, c):
+                assert set(layout.coarse_of(dedup.bucket_of(t[dedup.HASH_COL].to_numpy(), 8))) == {c}
+    assert sum(runfiles.read_info(str(f)).rounds for f in runs) == rep.counts["flushes"] > 12  # several flushes per task
 
-    # phase 2: each task reads exactly its bucket's files, and no task sees all rows
-    reduce_parts = dedup.plan_reduce(str(out), wf, bucket_parts, n)
-    assert [p.key for p in reduce_parts] == ["b00000", "b00001", "b00002", "b00003"]
+    # phase 3: each task reads exactly its coarse bucket of every run file, spills it by fine bucket,
+    # and no task sees all rows
+    reduce_parts = dedup.plan_reduce(str(out), wf, layout, bucket_parts)
+    assert [p.key for p in reduce_parts] == ["c00000", "c00001", "c00002", "c00003"]
     for part in reduce_parts:
+        parts_read.clear()
         reads.clear()
         o = dedup.process_reduce(part, str(out), wf)
-        b = part.param("bucket")
-        assert reads and {Path(p).parent.name for p, _, _ in reads} == {f"b{b:05d}"}
-        assert sorted(p for p, _, _ in reads) == sorted(part.inputs)
+        c = part.param("coarse")
+        assert sorted(parts_read) == sorted((str(f), c) for f in runs) and not reads
         assert 0 < o.counts["bucket_rows"] < len(rows) / 2
+        assert o.counts["scratch_files"] == 2 and o.counts["scratch_bytes"] > 0  # its two fine buckets, on local disk
 
-    # phase 3: a part reads only row ranges of survivor files, adding up to its own size
+    # phase 4: a part reads only row ranges of survivor files, adding up to its own size
     for part in dedup.plan_parts(str(out), wf, reduce_parts):
         reads.clear()
         o = dedup.process(part, str(out), wf)
@@ -271,7 +282,7 @@ def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask
     assert unique_rows(out) == parts_before
 
     # a crash after the reduce of one bucket, before the parts: only that work is redone
-    (out / "_state" / dedup.REDUCE_STAGE / "b00001.json").unlink()
+    (out / "_state" / dedup.REDUCE_STAGE / "c00001.json").unlink()
     (out / "_state" / dedup.NAME / "en-part-00000.json").unlink()
     (out / "unique" / "en" / "part-00000.parquet").unlink()
     third = dedup.run(str(out), wf, dask_client)
@@ -279,7 +290,7 @@ def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask
     now = {st: _finished(out, st) for st in before}
     assert now[dedup.BUCKET_STAGE] == before[dedup.BUCKET_STAGE]
     changed = {k for k in now[dedup.REDUCE_STAGE] if now[dedup.REDUCE_STAGE][k] != before[dedup.REDUCE_STAGE][k]}
-    assert changed == {"b00001"}
+    assert changed == {"c00001"}
     assert unique_rows(out) == parts_before
 
     # a new candidate file: only its bucketing task runs; every bucket is re-deduped
@@ -301,7 +312,7 @@ def test_fewer_parts_on_rerun_removes_stale_parts(tmp_path, dask_client):
     dedup.run(str(out), wf_of(rows_per_part=1000, n_buckets=2), dask_client)
     for s in SUBSETS:
         assert [p.name for p in (out / "unique" / s).iterdir()] == ["part-00000.parquet"]
-    assert not list((out / dedup.bucket_dir(3)).glob("*.parquet"))  # buckets of the old plan are gone too
+    assert not (out / "_state" / dedup.REDUCE_STAGE / "c00003.json").exists()  # buckets of the old plan are gone too
     assert runner.stage_status(str(out), dedup.NAME) == {
         "done": ["en-part-00000", "multi-part-00000", "nolang-part-00000"], "failed": [], "pending": []}
     assert unique_rows(out) == reference(rows)
@@ -401,7 +412,7 @@ def test_unreadable_file_fails_its_task_and_stops_before_dedup(tmp_path, dask_cl
     assert [f["key"] for f in rep.failed] == ["dedup.bucket/cand-en-part-00001"]
     assert "missing column" in rep.failed[0]["error"]
     assert not (out / "unique").exists()
-    assert list((out / dedup.WORK_DIR).rglob("*.parquet"))  # incomplete: the good file's buckets stay for the rerun
+    assert list((out / dedup.WORK_DIR).rglob("*.run"))  # incomplete: the good file's run file stays for the rerun
 
 
 def test_curated_glob_matching_nothing_is_an_error(tmp_path, dask_client):
