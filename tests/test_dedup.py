@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import mmh3
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -188,6 +189,8 @@ def test_same_output_for_any_partitioning(tmp_path, dask_client):
         (2, dict(n_buckets=13, flush_rows=1000)),
         (2, dict(n_buckets=13, flush_rows=1000)),  # the same again: runs are deterministic
         (4, dict()),  # n_buckets from input size
+        (5, dict(n_buckets=7, coarse_buckets=2, flush_rows=40, group_target_bytes=1)),  # reduce tasks spill by fine bucket
+        (3, dict(n_buckets=13, coarse_buckets=3, flush_rows=70)),
     ]):
         out = tmp_path / f"run{i}"
         write_split(out, rows, n_files)
@@ -374,6 +377,88 @@ def test_clean_and_status_as_a_user_runs_them(tmp_path):
     assert "removed" in cli("status", str(out)).stdout and not (out / "_work" / "dedup").exists()
     assert cli("clean", str(tmp_path / "nowhere")).returncode == 2 and not (tmp_path / "nowhere").exists()
     assert cli("clean", str(out), "--stage", "bogus").returncode == 2
+
+
+# ---------------------------------------------------------------- columns beyond the candidates'
+
+
+def test_extra_columns_pass_through_unchanged(tmp_path, dask_client):
+    """A URL list's own columns (issue 20) reach unique/ as they are: unified across files (a
+    column missing from a file is null there, int32 and int64 promote), in order of first
+    appearance, and a sortable one breaks ties between otherwise identical rows."""
+    out = tmp_path / "run"
+    a, b = row("01", "http://x.com/1.jpg"), row("02", "http://x.com/2.jpg")
+    schema_a = CANDIDATE_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("rank", pa.int32()))
+    write_candidates(out, "en", 0, [a | {"source": "list-a", "rank": 5}, b | {"source": "list-a", "rank": 1}], schema=schema_a)
+    schema_b = CANDIDATE_SCHEMA.append(pa.field("rank", pa.int64())).append(pa.field("tags", pa.list_(pa.string())))
+    write_candidates(out, "en", 1, [a | {"rank": 2, "tags": ["t1", "t2"]}], schema=schema_b)
+    write_candidates(out, "en", 2, [row("03", "http://x.com/3.jpg")])
+    for cfg in (dict(), dict(n_buckets=5, coarse_buckets=2, group_target_bytes=1)):
+        rep = dedup.run(str(out), wf_of(**cfg), dask_client)
+        assert rep.complete
+        [t] = unique_parts(out, "en")
+        assert t.schema.names == [*CANDIDATE_SCHEMA.names, "source", "rank", "tags"]
+        assert t.schema.field("rank").type == pa.int64() and t.schema.field("tags").type == pa.list_(pa.string())
+        got = {r["uid"]: (r["source"], r["rank"], r["tags"]) for r in t.to_pylist()}
+        # uid 01 twice, the same in every candidate column: rank 2 < 5 survives (the file without `source`)
+        assert got == {"01": (None, 2, ["t1", "t2"]), "02": ("list-a", 1, None), "03": (None, None, None)}
+        assert [r["url"] for r in t.to_pylist()] == sorted([r["url"] for r in t.to_pylist()], key=h64)
+        assert rep.drops["en"] == {"duplicate_url": 1}
+
+
+def test_reserved_or_conflicting_columns_fail_clearly(tmp_path, dask_client):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [row("01", "http://x.com/1.jpg") | {"_h": 3}],
+                     schema=CANDIDATE_SCHEMA.append(pa.field("_h", pa.int64())))
+    rep = dedup.run(str(out), wf_of(), dask_client)
+    assert not rep.complete and "'_h' is reserved" in rep.failed[0]["error"]
+    out = tmp_path / "run2"
+    write_candidates(out, "en", 0, [row("01", "http://x.com/1.jpg") | {"x": "a"}], schema=CANDIDATE_SCHEMA.append(pa.field("x", pa.string())))
+    write_candidates(out, "en", 1, [row("02", "http://x.com/2.jpg") | {"x": [1]}], schema=CANDIDATE_SCHEMA.append(pa.field("x", pa.list_(pa.int64()))))
+    with pytest.raises(ValueError, match="disagree on the type"):
+        dedup.run(str(out), wf_of(group_target_bytes=1), dask_client)
+
+
+# ---------------------------------------------------------------- URL-hash lists: a join by digest range
+
+
+def test_url_hash_lists_are_joined_by_digest_range(tmp_path, dask_client):
+    """Lists in every algorithm, several list files and digest ranges: exactly the listed URLs go,
+    every copy of them, counted once each; the lists are never loaded by one task."""
+    rows = random_rows(600, 200, seed=12)
+    out = tmp_path / "run"
+    write_split(out, rows, 3)
+    urls = sorted({r["url"] for r in rows})
+    listed = {"md5": urls[0:10], "sha1": urls[10:15], "sha256": urls[15:40] + urls[0:3]}
+    lists = []
+    for i, (algo, us) in enumerate(listed.items()):
+        f = tmp_path / f"list{i}.txt"
+        f.write_text("# removal list\n" + "".join(hashlib.new(algo, u.encode()).hexdigest() + "\n" for u in us)
+                     + "".join(hashlib.new(algo, f"http://other/{k}".encode()).hexdigest() + "\n" for k in range(300)))
+        lists.append(str(f))
+    blocked = set().union(*listed.values())
+    want = reference([r for r in rows if r["url"] not in blocked])
+    for cfg in (dict(n_buckets=4), dict(n_buckets=6, coarse_buckets=2, bucket_target_bytes=2000)):
+        rep = dedup.run(str(out), wf_of(blocked_url_hashes=lists, rows_per_part=1000, **cfg), dask_client)
+        assert rep.complete and unique_rows(out) == want
+        assert sum(c.get("blocked_url_hash", 0) for c in rep.drops.values()) == sum(r["url"] in blocked for r in rows)
+        assert rep.counts["hash_list_entries"] == 43 + 900 and rep.counts["url_hash_matches"] == 43  # per algorithm: 3 URLs are in two lists
+    assert len(runner.read_plan(str(out), dedup.HASHES_STAGE)) > 2  # n_ranges from the lists' size: several join tasks
+    # the lists removed from the workflow: their phases' state goes, nothing is blocked any more
+    rep = dedup.run(str(out), wf_of(n_buckets=4, rows_per_part=1000), dask_client)
+    assert unique_rows(out) == reference(rows) and runner.read_plan(str(out), dedup.HASHES_STAGE) == []
+
+
+def test_hash_matches_need_the_digest_not_only_the_url_hash():
+    """A 64-bit URL-hash collision cannot block a URL: the join's match is checked on the digest."""
+    from laion_pipe import blocklists as bl
+    from laion_pipe.stages.dedup_rows import HashMatches
+
+    listed = "http://listed.example/a.jpg"
+    t = pa.table({"url": [listed, "http://innocent.example/b.jpg"], "subset": ["en", "en"],
+                  dedup.HASH_COL: pa.array([7, 7], pa.uint64())})  # the same (colliding) URL hash
+    m = HashMatches({"sha256": (np.array([7], np.uint64), bl.SortedDigests(bl.url_digests([listed], "sha256")))})
+    assert m.mask(t).tolist() == [True, False]
 
 
 # ---------------------------------------------------------------- bad input

@@ -259,12 +259,30 @@ def dedup_table(
     if not len(t):
         return t
     before = count_by_subset(t[SUBSET])
-    t = t.sort_by([(HASH_COL, "ascending")] + [(c, "ascending") for c in survivor_order(t.schema)])
-    t = t.append_column("_row", pa.array(np.arange(len(t), dtype=np.int64)))
-    firsts = t.group_by(key_columns(key), use_threads=False).aggregate([("_row", "min")])["_row_min"]
-    keep = np.sort(firsts.to_numpy())
-    t = t.take(pa.array(keep)).drop_columns(["_row"])
+    t = t.take(survivor_rows(t, key))
     after = count_by_subset(t[SUBSET])
     for subset in sorted(before):
         outcome.drop(duplicate_reason(key), subset, before[subset] - after.get(subset, 0))
     return t
+
+
+def survivor_rows(t: pa.Table, key: str) -> pa.Array:
+    """Indices of the survivors of `t` (one per key), in output order: sort the row indices by
+    (hash, survivor order), then keep the first row of each key. Only the key columns are
+    reordered to find them; the whole table is taken once, by the caller."""
+    n = len(t)
+    keys = [(HASH_COL, "ascending", "at_end")] + [(c, "ascending", "at_end") for c in survivor_order(t.schema)]
+    idx = pc.sort_indices(t, sort_keys=keys)
+    h = t[HASH_COL].take(idx).to_numpy()
+    if key == "url":
+        first = np.ones(n, dtype=bool)
+        first[1:] = h[1:] != h[:-1]
+        run_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        urls = t[URL].take(idx)
+        same = pc.equal(urls, urls.take(pa.array(run_start)))
+        if pc.all(same).as_py():  # each run of equal hashes is one URL: its first row survives
+            return idx.take(pa.array(np.flatnonzero(first)))
+    cols = {c: t[c].take(idx) for c in key_columns(key)}  # a 64-bit hash collision, or (url, text) keys
+    rows = pa.table({**cols, "_row": pa.array(np.arange(n, dtype=np.int64))})
+    firsts = rows.group_by(key_columns(key), use_threads=False).aggregate([("_row", "min")])["_row_min"]
+    return idx.take(pa.array(np.sort(firsts.to_numpy())))
