@@ -187,10 +187,9 @@ def _file_infos(paths: list[str]) -> list[tuple[str, str, int]]:
     """(path, identity, size) of each file (threads: on an object store each is a request)."""
 
     def one(path: str) -> tuple[str, str, int]:
-        fs, p = fsio.fs_and_path(path)
-        return (path, fsio.fingerprint_of(path), int(fs.size(p) or 0))
+        return (path, *fsio.fingerprint_and_size(path))
 
-    if len(paths) < 64:
+    if len(paths) < 64 or all(fsio.is_local(p) for p in paths):
         return [one(p) for p in paths]
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(one, paths))
