@@ -42,7 +42,7 @@ KEY_SEPARATOR = "\x00"
 """Joins url and text into one (url, text) key; a URL cannot contain NUL, so keys never collide."""
 
 _HOST_RE = r"^[A-Za-z][A-Za-z0-9+.\-]*://(?:[^@/?#]*@)?(?P<host>\[[^\]]*\]|[^:/?#]*)"
-LINE_BLOCK_BYTES = 16 * 2**20
+LINE_BLOCK_BYTES = 4 * 2**20
 """Bytes of a list file parsed at once: bounds a list reader's memory whatever the list's size."""
 
 
@@ -50,7 +50,7 @@ LINE_BLOCK_BYTES = 16 * 2**20
 
 
 def _line_blocks(f, block_bytes: int) -> Iterator[pa.Array]:
-    read = pcsv.ReadOptions(column_names=["line"], block_size=block_bytes)
+    read = pcsv.ReadOptions(column_names=["line"], block_size=block_bytes, use_threads=False)
     parse = pcsv.ParseOptions(delimiter="\x1f", quote_char=False, escape_char=False, double_quote=False,
                               newlines_in_values=False, ignore_empty_lines=False)
     convert = pcsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False,

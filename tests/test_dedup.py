@@ -3,6 +3,7 @@ blocklists, bad input, resume and pruning. Everything runs through `dedup.run` o
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -574,3 +575,44 @@ def test_read_rows_reads_only_the_row_groups_needed(tmp_path, monkeypatch):
         asked.clear()
         assert dedup._read_rows(str(path), start, stop)["x"].to_pylist() == list(range(start, stop))
         assert asked == ([groups] if groups else [])
+
+
+# ---------------------------------------------------------------- a URL-hash list at the size it comes in
+
+
+@pytest.mark.slow
+def test_ten_million_hashes_under_a_small_memory_limit(tmp_path):
+    """A 10M-digest SHA-256 list (650 MB of text) against a worker process limited to 700 MB: no
+    task holds the list (loaded whole as before, its digests alone were about 1 GB of Python
+    objects), the worker is never restarted, and exactly the listed URLs go."""
+    from distributed import Client, LocalCluster
+
+    n, hexdigits = 10_000_000, np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    rows = random_rows(3000, 1500, seed=21)
+    out = tmp_path / "run"
+    write_split(out, rows, 2)
+    listed = sorted({r["url"] for r in rows})[::25]
+    rng = np.random.default_rng(0)
+    lines_at = set(rng.choice(n, size=len(listed), replace=False).tolist())
+    real = iter(hashlib.sha256(u.encode()).digest() for u in listed)
+    path = tmp_path / "relaion-sha256.txt"
+    with open(path, "wb") as f:
+        f.write(b"# a removal list: one hex SHA-256 of a URL per line\n")
+        for start in range(0, n, 1_000_000):
+            d = rng.integers(0, 256, size=(1_000_000, 32), dtype=np.uint8)
+            for i in [i for i in lines_at if start <= i < start + 1_000_000]:
+                d[i - start] = np.frombuffer(next(real), dtype=np.uint8)
+            text = np.empty((1_000_000, 65), dtype=np.uint8)
+            text[:, 0:64:2], text[:, 1:64:2], text[:, 64] = hexdigits[d >> 4], hexdigits[d & 15], ord("\n")
+            f.write(text.tobytes())
+    assert path.stat().st_size > 650e6
+    wf = wf_of(blocked_url_hashes=[str(path)], bucket_target_bytes=32 * 2**20, rows_per_part=1000)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="700MB",
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        pid = client.run(os.getpid)
+        rep = dedup.run(str(out), wf, client)
+        assert client.run(os.getpid) == pid, "the worker was restarted (over its memory limit)"
+    assert rep.complete, rep.failed
+    assert rep.counts["hash_list_entries"] == n and rep.counts["url_hash_matches"] == len(listed)
+    assert runner.read_plan(str(out), dedup.HASHES_STAGE) and len(runner.read_plan(str(out), dedup.HASHES_STAGE)) >= 20
+    assert unique_rows(out) == reference([r for r in rows if r["url"] not in set(listed)])
