@@ -114,6 +114,79 @@ def baseline(out: Path, rows_per_part: int) -> tuple[float, float, dict, int]:
     return result
 
 
+def _p2p_reduce(df, out: str, n_buckets: int, partition_info=None):
+    """One output partition of the p2p shuffle: the stage's per-bucket rule on each bucket in it,
+    survivors written per subset; returns the rows kept per subset."""
+    import pandas as pd
+
+    t = pa.Table.from_pandas(df.drop(columns=["_bucket"]), preserve_index=False).cast(
+        pa.schema(list(CANDIDATE_SCHEMA) + [pa.field(dedup.HASH_COL, pa.uint64())]))
+    b = df["_bucket"].to_numpy()
+    kept = {s: 0 for s in SUBSETS}
+    for bucket in np.unique(b):
+        rows = dedup.dedup_table(t.filter(pa.array(b == bucket)), "url", Outcome()).drop_columns([dedup.HASH_COL])
+        for subset in SUBSETS:
+            part = rows.filter(pc.equal(rows["subset"], subset))
+            if len(part):
+                fsio.write_parquet_atomic(part, f"{out}/p2p/{subset}/b{int(bucket):05d}.parquet")
+                kept[subset] += len(part)
+    return pd.DataFrame([kept])
+
+
+def _p2p_read(path: str, n_buckets: int):
+    import pandas as pd
+
+    t = pq.read_table(path)
+    h = dedup.url_hash64(t["url"])
+    t = t.append_column(dedup.HASH_COL, pa.array(h, pa.uint64()))
+    t = t.append_column("_bucket", pa.array(dedup.bucket_of(h, n_buckets), pa.int64()))
+    return t.to_pandas(types_mapper=pd.ArrowDtype)
+
+
+def p2p(out: Path, n_buckets: int, args) -> dict:
+    """The same rows, buckets and per-bucket rule through Dask's p2p shuffle (dask.dataframe
+    `shuffle(shuffle_method="p2p")`: workers exchange shards and spill them to local disk), on the
+    same kind of cluster. Its spill files are counted by watching the workers' local directories."""
+    import threading
+
+    import dask.dataframe as dd
+    from distributed import Client, LocalCluster
+
+    import dask
+
+    files = sorted(str(p) for p in (out / "candidates").glob("*/*.parquet"))
+    # A worker lost (over its memory limit) restarts the whole shuffle: report it instead of retrying.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit=args.memory_limit,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        dirs = list(client.run(lambda dask_worker: dask_worker.local_directory).values())
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                for d in dirs:
+                    for root, _, names in os.walk(d):
+                        if "shuffle" in root:
+                            seen.update(os.path.join(root, n) for n in names)
+                stop.wait(0.1)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        cpu0, pids0 = client.run(_cpu), client.run(os.getpid)
+        t0, c0 = time.perf_counter(), time.process_time()
+        ddf = dd.from_map(_p2p_read, files, n_buckets=n_buckets)
+        shuffled = ddf.shuffle(on="_bucket", npartitions=n_buckets, shuffle_method="p2p")
+        kept = shuffled.map_partitions(_p2p_reduce, str(out), n_buckets, meta={s: "int64" for s in SUBSETS}).compute().sum()
+        wall, dcpu = time.perf_counter() - t0, time.process_time() - c0
+        cpu1, peaks, pids1 = client.run(_cpu), client.run(_peak_rss), client.run(os.getpid)
+        stop.set()
+        watcher.join()
+    shutil.rmtree(out / "p2p", ignore_errors=True)
+    restarts = len(set(pids0.values()) - set(pids1.values()))  # a restarted worker's CPU and peak are lost
+    return {"wall": wall, "cpu": sum(cpu1[a] - cpu0.get(a, 0) for a in cpu1) + dcpu, "peak": max(peaks.values()),
+            "spill_files": len(seen), "kept": {s: int(kept[s]) for s in SUBSETS}, "restarts": restarts}
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -163,11 +236,39 @@ def run_size(tmp: Path, rows: int, args) -> dict:
         "ranged_reads": rep.counts["ranged_reads"], "peak": max(peaks.values()), "kept": dict(rep.kept),
         "n_buckets": rep.counts["n_buckets"], "n_coarse": rep.counts["n_coarse"],
     }
+    report(result, args)
     if n <= args.baseline_max_rows:
-        result["base_wall"], result["base_cpu"], base_kept, result["base_peak"] = baseline(out, args.rows_per_part)
+        base_wall, base_cpu, base_kept, base_peak = baseline(out, args.rows_per_part)
         assert base_kept == result["kept"], (base_kept, result["kept"])
+        print(f"  baseline pyarrow in one process: wall {base_wall:.1f} s, CPU {base_cpu:.1f} s, "
+              f"peak memory {base_peak / 2**20:,.0f} MiB")
+        print(f"  ratio: {base_wall / wall:.2f} (wall, pyarrow / stage); CPU {base_cpu / stage_cpu:.2f}", flush=True)
+    if args.p2p:
+        try:
+            q = p2p(out, result["n_buckets"], args)
+        except Exception as e:  # noqa: BLE001 - a failed alternative is a finding, not a crash of the benchmark
+            print(f"  Dask p2p shuffle, same buckets and rule: FAILED ({type(e).__name__}: {str(e)[:300]})", flush=True)
+        else:
+            assert q["kept"] == result["kept"], (q["kept"], result["kept"])
+            print(f"  Dask p2p shuffle, same buckets and rule: wall {q['wall']:.1f} s, CPU {q['cpu'] / n * 1e6:.2f} core-s per "
+                  f"million rows, peak memory per worker {q['peak'] / 2**20:,.0f} MiB (restarts {q['restarts']}), "
+                  f"{q['spill_files']:,} spill files seen (local, deleted at its end); stage / p2p: CPU "
+                  f"{stage_cpu / q['cpu']:.2f}, wall {wall / q['wall']:.2f}", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return result
+
+
+def report(r: dict, args) -> None:
+    m = r["rows"] / 1e6
+    print(f"rows {r['rows']:,} ({r['candidate_files']} candidate files, {r['candidate_bytes'] / 1e6:,.0f} MB): "
+          f"{r['n_buckets']} buckets in {r['n_coarse']} reduce tasks, unique {sum(r['kept'].values()):,}")
+    print(f"  files written {r['files']:,} ({r['work_files']:,} work + {r['part_files']:,} parts; "
+          f"{r['files'] / m:,.1f} per million rows), bytes written {r['bytes'] / 1e6:,.0f} MB; "
+          f"local spill {r['scratch_files']:,} files, {r['scratch_bytes'] / 1e6:,.0f} MB; "
+          f"ranged reads {r['ranged_reads']:,} ({r['ranged_reads'] / m:,.0f} per million rows)")
+    print(f"  peak memory per worker {r['peak'] / 2**20:,.0f} MiB; CPU {r['cpu']:.1f} core-s = "
+          f"{r['cpu'] / m:.2f} core-s per million rows (driver and scheduler {r['driver_cpu']:.1f}); "
+          f"wall {r['wall']:.1f} s ({args.workers} workers x 1 thread)", flush=True)
 
 
 def main() -> None:
@@ -181,6 +282,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="worker processes (1 thread each)")
     ap.add_argument("--memory-limit", default="3GB", help="per worker (the nanny restarts a worker over 95%%)")
     ap.add_argument("--baseline-max-rows", type=float, default=16e6, help="skip the one-process baseline above this size")
+    ap.add_argument("--p2p", action="store_true",
+                    help="also run the same rows, buckets and per-bucket rule through Dask's p2p shuffle (the alternative "
+                         "design: it moves shards between workers and spills them to their local disks)")
     ap.add_argument("--record", action="store_true",
                     help="write the largest size's CPU seconds per million candidates to laion_pipe/unit_costs.json "
                          "(dedup.core_seconds_per_million_candidates, read by `laion-pipe run --dry-run`)")
@@ -190,22 +294,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_dedup_") as tmp:
         for rows in sizes:
-            r = run_size(Path(tmp), rows, args)
-            results.append(r)
-            m = r["rows"] / 1e6
-            print(f"rows {r['rows']:,} ({r['candidate_files']} candidate files, {r['candidate_bytes'] / 1e6:,.0f} MB): "
-                  f"{r['n_buckets']} buckets in {r['n_coarse']} reduce tasks, unique {sum(r['kept'].values()):,}")
-            print(f"  files written {r['files']:,} ({r['work_files']:,} work + {r['part_files']:,} parts; "
-                  f"{r['files'] / m:,.1f} per million rows), bytes written {r['bytes'] / 1e6:,.0f} MB; "
-                  f"local spill {r['scratch_files']:,} files, {r['scratch_bytes'] / 1e6:,.0f} MB; "
-                  f"ranged reads {r['ranged_reads']:,} ({r['ranged_reads'] / m:,.0f} per million rows)")
-            print(f"  peak memory per worker {r['peak'] / 2**20:,.0f} MiB; CPU {r['cpu']:.1f} core-s = "
-                  f"{r['cpu'] / m:.2f} core-s per million rows (driver and scheduler {r['driver_cpu']:.1f}); "
-                  f"wall {r['wall']:.1f} s ({args.workers} workers x 1 thread)")
-            if "base_wall" in r:
-                print(f"  baseline pyarrow in one process: wall {r['base_wall']:.1f} s, CPU {r['base_cpu']:.1f} s, "
-                      f"peak memory {r['base_peak'] / 2**20:,.0f} MiB")
-                print(f"  ratio: {r['base_wall'] / r['wall']:.2f} (wall, pyarrow / stage); CPU {r['base_cpu'] / r['cpu']:.2f}")
+            results.append(run_size(Path(tmp), rows, args))
     if args.record:
         from laion_pipe.costs import measured_source, record_unit_cost
 
