@@ -217,10 +217,10 @@ def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
     wf = wf_of(n_buckets=8, coarse_buckets=4, flush_rows=30, rows_per_part=50, group_target_bytes=1)
     reads: list[tuple[str, int, int]] = []
     parts_read: list[tuple[str, int]] = []
-    real_read, real_rows, real_part = dedup._read_parquet, dedup._read_rows, runfiles.read_part
+    real_read, real_rows, real_entries = dedup._read_parquet, dedup._read_rows, runfiles.part_entries
     monkeypatch.setattr(dedup, "_read_parquet", lambda p: reads.append((p, 0, -1)) or real_read(p))
     monkeypatch.setattr(dedup, "_read_rows", lambda p, a, b: reads.append((p, a, b)) or real_rows(p, a, b))
-    monkeypatch.setattr(runfiles, "read_part", lambda info, c: parts_read.append((info.path, c)) or real_part(info, c))
+    monkeypatch.setattr(runfiles, "part_entries", lambda info, c: parts_read.append((info.path, c)) or real_entries(info, c))
     rep = dedup.run(str(out), wf, dask_client)
     assert rep.complete and unique_rows(out) == reference(rows)
 
@@ -235,7 +235,7 @@ def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
         info = runfiles.read_info(str(f))
         assert info.parts == 4 and info.rounds >= 1
         for c in range(4):
-            for t in real_part(info, c):
+            for t in runfiles.read_part(info, c):
                 assert set(layout.coarse_of(dedup.bucket_of(t[dedup.HASH_COL].to_numpy(), 8))) == {c}
     assert sum(runfiles.read_info(str(f)).rounds for f in runs) == rep.counts["flushes"] > 12  # several flushes per task
 
@@ -248,7 +248,9 @@ def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
         reads.clear()
         o = dedup.process_reduce(part, str(out), wf)
         c = part.param("coarse")
-        assert sorted(parts_read) == sorted((str(f), c) for f in runs) and not reads
+        assert sorted(parts_read) == sorted((str(f), c) for f in runs) and not reads  # its index slice of each run file
+        assert o.counts["ranged_reads"] == len(runs) + sum(  # and its non-empty segments, nothing else
+            int((runfiles.part_entries(runfiles.read_info(str(f)), c)[:, 1] > 0).sum()) for f in runs)
         assert 0 < o.counts["bucket_rows"] < len(rows) / 2
         assert o.counts["scratch_files"] == 2 and o.counts["scratch_bytes"] > 0  # its two fine buckets, on local disk
 

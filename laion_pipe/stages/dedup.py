@@ -109,9 +109,9 @@ WORK_DIR = clean.work_dir(NAME)
 LAYOUT_VERSION = "runfiles-v1/coarse-spill-v1"
 """Part of every fingerprint of the shuffle: work files of another layout are never mixed in."""
 SURVIVOR_ROW_GROUP = 65_536
-SPILL_BUFFER_BYTES = 64 * 2**20
+SPILL_BUFFER_BYTES = 32 * 2**20
 """Rows a reduce task holds before appending them to its local spill files (bounds its memory)."""
-PREFETCH = 8
+PREFETCH = 4
 """Segments a reduce task reads ahead (ranged reads in flight: latency on an object store)."""
 
 
@@ -157,27 +157,33 @@ def _iter_batches(path: str) -> Iterator[pa.Table]:
 
 
 def _read_segments(out: str, infos: list[runfiles.RunInfo], part: int, counts: Counter) -> Iterator[pa.Table]:
-    """Part `part` of many run files, file by file, with up to PREFETCH files read ahead."""
-
-    def fetch(info: runfiles.RunInfo) -> list[pa.Table]:
-        real = runfiles.RunInfo(fsio.join(out, info.path), info.index_offset, info.parts, info.rounds)
-        tables = list(runfiles.read_part(real, part))
-        return tables
-
+    """Part `part` of many run files, segment by segment in file order: first every file's index
+    slice for the part, then the segments, PREFETCH of them in flight (ranged reads: latency on
+    an object store). Memory: PREFETCH segments, each at most flush_rows / n_coarse rows."""
+    real = [runfiles.RunInfo(fsio.join(out, i.path), i.index_offset, i.parts, i.rounds) for i in infos]
     with ThreadPoolExecutor(PREFETCH) as pool:
+        entries = list(pool.map(lambda info: runfiles.part_entries(info, part), real))
+        counts["ranged_reads"] += len(real)
+        wanted = [(info, int(off), int(length)) for info, e in zip(real, entries) for off, length, _rows in e if length]
+
+        def fetch(item: tuple[runfiles.RunInfo, int, int]) -> pa.Table:
+            info, off, length = item
+            fs, p = fsio.fs_and_path(info.path)
+            return runfiles.decode(fs.cat_file(p, start=off, end=off + length))
+
         pending: collections.deque = collections.deque()
-        it = iter(infos)
-        for info in it:
-            pending.append(pool.submit(fetch, info))
+        it = iter(wanted)
+        for item in it:
+            pending.append(pool.submit(fetch, item))
             if len(pending) >= PREFETCH:
                 break
         while pending:
-            tables = pending.popleft().result()
+            table = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(fetch, nxt))
-            counts["ranged_reads"] += 1 + len(tables)
-            yield from tables
+            counts["ranged_reads"] += 1
+            yield table
 
 
 # ---------------------------------------------------------------- planning
@@ -569,7 +575,8 @@ def process_bucket(part: Partition, out: str, wf) -> Outcome:
             outcome.outputs.append(drel)
 
         def flush(chunks: list[pa.Table]) -> None:
-            t = _concat(chunks, part.key).combine_chunks()
+            t = _concat(chunks, part.key)  # zero-copy; the one copy is split_by_part's take
+            chunks.clear()
             if part.param("kind") == "cand":
                 extras.append(extras_of(t.schema))
             coarse = layout.coarse_of(bucket_of(t[HASH_COL].to_numpy(), layout.n_buckets))
@@ -593,7 +600,7 @@ def process_bucket(part: Partition, out: str, wf) -> Outcome:
                 held += len(t)
             if held >= wf.dedup.flush_rows:
                 flush(chunks)
-                chunks, held = [], 0
+                held = 0
         if chunks:
             flush(chunks)
     outcome.counts["flushes"] += rows_w.rounds
