@@ -299,6 +299,13 @@ def main() -> None:
         from laion_pipe.costs import measured_source, record_unit_cost
 
         big = results[-1]
+        if big["scratch_bytes"]:
+            record_unit_cost(
+                "dedup.spill_bytes_per_candidate_byte", big["scratch_bytes"] / big["candidate_bytes"],
+                "bytes a reduce task spills to local disk per byte of candidate parquet",
+                measured_source(f"benchmarks/bench_dedup.py --rows {args.rows} --record",
+                                f"local spill files of the stage's reduce tasks over the candidates' parquet bytes, "
+                                f"{big['rows']:,} generated candidates"))
         record_unit_cost(
             "dedup.core_seconds_per_million_candidates", big["cpu"] / big["rows"] * 1e6, "core-s per million candidate rows",
             measured_source(f"benchmarks/bench_dedup.py --rows {args.rows} --record",

@@ -36,6 +36,7 @@ K_PAIRS = "extract.unique_pairs_per_wat"
 K_CAND_BYTES = "extract.output_bytes_per_wat"
 K_UNIQUE = "dedup.unique_fraction"
 K_DEDUP = "dedup.core_seconds_per_million_candidates"
+K_SPILL = "dedup.spill_bytes_per_candidate_byte"
 K_SUCCESS = "download.success_fraction"
 K_DOWNLOAD = "download.core_seconds_per_thousand_images"
 K_WIRE = "download.wire_bytes_per_image"
@@ -266,7 +267,7 @@ def estimate(
     dedup: DedupConfig | None = None,
 ) -> Estimate:
     """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
-    c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
+    c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SPILL, K_SUCCESS, K_DOWNLOAD,
                                     K_WIRE, K_DNS, K_SCORE_CPU, K_SCORE_GPU, K_FEED, K_FINAL, K_CC2DATASET,
                                     K_IMG2DATASET)}
     if not 0 < c[K_UNIQUE].value <= 1:
@@ -310,7 +311,7 @@ def estimate(
         image_bytes_rate=img,
         wire_bytes=downloaded * c[K_WIRE].value,
         dns_queries=unique * c[K_DNS].value,
-        dedup_shuffle=dedup_shuffle(w * c[K_CAND_BYTES].value, candidates, dedup or DedupConfig()),
+        dedup_shuffle=dedup_shuffle(w * c[K_CAND_BYTES].value, candidates, dedup or DedupConfig(), c[K_SPILL].value),
         comparisons=tuple(comparisons),
         used=used,
     )
@@ -337,10 +338,12 @@ class DedupShuffle:
         return self.tasks + self.survivor_files
 
 
-def dedup_shuffle(candidates_bytes: float, candidates: float, cfg: DedupConfig, subsets: int = 3) -> DedupShuffle:
+def dedup_shuffle(candidates_bytes: float, candidates: float, cfg: DedupConfig, spill_factor: float = 1.0,
+                  subsets: int = 3) -> DedupShuffle:
     """The shuffle's files and reads for this much input: files grow with the tasks (linearly);
     ranged reads with the flushes times the reduce tasks, so linearly too while `coarse_buckets`
-    caps the reduce tasks; the local spill of a reduce task is its share of the input."""
+    caps the reduce tasks; the local spill of a reduce task is its share of the input, times
+    `spill_factor` (spill bytes per candidate parquet byte, measured by bench_dedup.py)."""
     if candidates_bytes <= 0 or candidates <= 0:
         return DedupShuffle(0, 0, 0, 0, 0, 0, 0)
     tasks = max(1, math.ceil(candidates_bytes / cfg.group_target_bytes))
@@ -349,7 +352,7 @@ def dedup_shuffle(candidates_bytes: float, candidates: float, cfg: DedupConfig, 
     flushes = tasks * max(1, math.ceil(candidates / tasks / cfg.flush_rows))
     return DedupShuffle(
         tasks=tasks, flushes=flushes, buckets=buckets, reduce_tasks=coarse, survivor_files=subsets * coarse,
-        ranged_reads=coarse * (tasks + flushes), scratch_bytes_per_task=candidates_bytes / coarse,
+        ranged_reads=coarse * (tasks + flushes), scratch_bytes_per_task=candidates_bytes * spill_factor / coarse,
     )
 
 

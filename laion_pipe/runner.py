@@ -197,6 +197,11 @@ def prune(out: str, stage: str, keep_keys: Iterable[str], *, within: Callable[[s
     return removed
 
 
+def _workflow(wf: Any) -> Any:
+    """The Dask task whose result is the workflow every partition of a stage run reads."""
+    return wf
+
+
 def _run_partition(stage: str, part: Partition, fn: StageFn, out: str, wf: Any) -> dict:
     """The Dask task: run the stage function, then mark the partition done. Raises on failure
     so Dask's own retries apply (on another worker when a worker died)."""
@@ -530,6 +535,11 @@ def run_stage(
     with prog:
         task = prog.add_task(stage, total=len(partitions), completed=report.skipped, note="")
         futures = {}
+        # The workflow travels once, as the result of one task the partitions depend on, not
+        # pickled into every partition's task: with tens of thousands of partitions the copies
+        # held by the scheduler were most of the driver's memory. A task, not scattered data, so
+        # a lost worker's copy is recomputed.
+        shared_wf = client.submit(_workflow, wf, pure=False) if todo else None
         for part in todo:
             fut = client.submit(
                 _run_partition,
@@ -537,7 +547,7 @@ def run_stage(
                 part,
                 fn,
                 out,
-                wf,
+                shared_wf,
                 key=f"{stage}-{part.key}-{part.fingerprint}",
                 pure=False,
                 retries=retries,

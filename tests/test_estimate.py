@@ -35,6 +35,7 @@ FIGURES = {
     "extract.output_bytes_per_wat": 1_000_000,
     "dedup.unique_fraction": 0.5,
     "dedup.core_seconds_per_million_candidates": 600,
+    "dedup.spill_bytes_per_candidate_byte": 2.0,
     "download.success_fraction": 0.8,
     "download.core_seconds_per_thousand_images": 15,
     "download.wire_bytes_per_image": 10_000,
@@ -287,7 +288,7 @@ def test_dedup_shuffle_grows_linearly_with_the_input() -> None:
     d = est.dedup_shuffle
     assert (d.tasks, d.flushes, d.buckets, d.reduce_tasks) == (3, 6, 30, 10)
     assert d.files == pytest.approx(33) and d.ranged_reads == pytest.approx(90)
-    assert d.scratch_bytes_per_task == pytest.approx(300_000)
+    assert d.scratch_bytes_per_task == pytest.approx(600_000)  # 3 MB / 10 tasks, spilled at 2 bytes per byte
     ten = estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg).dedup_shuffle
     # 10x the input: 10x the run files and ranged reads (the reduce tasks stay at coarse_buckets), 10x the spill per task
     assert (ten.tasks, ten.flushes, ten.reduce_tasks) == (30, 60, 10)

@@ -663,10 +663,11 @@ def _scratch_root(wf) -> str:
 
 class _Spill:
     """A reduce task's rows by fine bucket: held in memory up to SPILL_BUFFER_BYTES, then appended
-    to one local file per (kind, fine bucket) (an Arrow IPC stream per append, lz4), and read back
-    one fine bucket at a time. With one fine bucket nothing goes to disk (it is bounded anyway)."""
+    to one local file per (kind, fine bucket) (an Arrow IPC stream per append, zstd: about 1.5x the
+    candidates' parquet bytes, lz4 took 2.6x for a few percent less CPU), and read back one fine
+    bucket at a time. With one fine bucket nothing goes to disk (it is bounded anyway)."""
 
-    OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+    OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
 
     def __init__(self, root: str, n: int):
         self.n = n
