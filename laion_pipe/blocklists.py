@@ -8,7 +8,9 @@ Why each exists:
 - an already-curated list (URLs, or URL+text pairs, of an earlier run or of a published dataset
   such as LAION-5B's parquet files) makes a new crawl add only new pairs.
 
-How each scales (no list is ever loaded whole into one process, except domain lists):
+How each scales (the dedup stage never loads a list whole into one process, except domain lists;
+select's `select.blocked_url_hashes`, small lists exported from the search page, are held whole
+as sorted digests, `load_url_hashes`):
 - already-curated lists (billions of URLs) are streamed in batches (`iter_curated`) and
   hash-partitioned into the same buckets as the candidates by the dedup stage;
 - URL-hash lists (hundreds of millions of digests) are streamed (`iter_digests`, vectorised
@@ -355,6 +357,53 @@ class SortedDigests:
         q = np.ascontiguousarray(digests).view(f"S{self.k}").ravel()
         i = np.minimum(np.searchsorted(self.values, q), len(self.values) - 1)
         return self.values[i] == q
+
+
+
+@dataclass(frozen=True)
+class UrlHashList:
+    """URL-hash lists held whole in one process: what `select.blocked_url_hashes` applies (lists
+    a person exports from the search page, small next to Re-LAION's). Sorted digests per
+    algorithm, their bytes only (no Python object per digest). The dedup stage never builds one:
+    it joins its lists by digest range."""
+
+    digests: dict[str, SortedDigests]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.digests.values())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_url_hashes_cached(identities: tuple[tuple[str, str], ...]) -> UrlHashList:
+    by_algo: dict[str, list[np.ndarray]] = {}
+    for path, _identity in identities:
+        for block in iter_digests(path):
+            for algo, d in block.items():
+                by_algo.setdefault(algo, []).append(d)
+    return UrlHashList({a: SortedDigests(np.concatenate(ds)) for a, ds in by_algo.items()})
+
+
+def load_url_hashes(paths: Iterable[str], identities: Iterable[str] | None = None) -> UrlHashList:
+    """URL-hash list files loaded whole (see `UrlHashList`; the format is `iter_digests`'s). A
+    malformed line is a ValueError naming the file and line. `identities` (from
+    `fsio.fingerprint_of`, computed once by the planner) key the per-worker cache."""
+    paths = list(paths)
+    ids = list(identities) if identities is not None else [fsio.fingerprint_of(p) for p in paths]
+    return _load_url_hashes_cached(tuple(zip(paths, ids)))
+
+
+def url_hash_mask(urls: pa.Array | pa.ChunkedArray, hashes: UrlHashList) -> np.ndarray:
+    """True where a digest of the URL (its UTF-8 bytes, as written) is in the lists."""
+    n = len(urls)
+    out = np.zeros(n, dtype=bool)
+    if not len(hashes) or n == 0:
+        return out
+    values = urls.to_pylist()
+    present = np.fromiter((u is not None for u in values), dtype=bool, count=n)
+    texts = [u for u in values if u is not None]
+    for algo, digests in hashes.digests.items():
+        out[present] |= digests.contains(url_digests(texts, algo))
+    return out
 
 
 # ---------------------------------------------------------------- already-curated lists

@@ -289,14 +289,16 @@ def plan_path(out: str, stage: str) -> str:
     return fsio.join(out, STATE_DIR, stage, PLAN_FILE)
 
 
-def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
+def write_plan(out: str, stage: str, partitions: Iterable[Partition], keep: Iterable[str] = ()) -> None:
     """Record which partitions a stage has now, with their fingerprints and the upstream
-    partitions they read: what `status` tells pending from done by, and what `current` trusts."""
+    partitions they read: what `status` tells pending from done by, and what `current` trusts.
+    `keep`: files the stage writes beside its partitions (not stale, see `stale`)."""
     fsio.write_json_atomic(
         plan_path(out, stage),
         {
             "stage": stage,
             "written": time.time(),
+            **({"keep": sorted(keep)} if keep else {}),
             "partitions": [
                 {"key": p.key, "inputs": list(p.inputs), "fingerprint": p.fingerprint,
                  **({"upstream": [list(u) for u in p.upstream]} if p.upstream else {})}
@@ -306,14 +308,18 @@ def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
     )  # fmt: skip
 
 
+def _read_plan_file(out: str, stage: str) -> dict | None:
+    try:
+        return fsio.read_json(plan_path(out, stage))  # type: ignore[return-value]
+    except FileNotFoundError:
+        return None
+
+
 def read_plan(out: str, stage: str) -> list[dict] | None:
     """The partitions of `stage`'s current plan (dicts: key, inputs, fingerprint, upstream), or
     None when the stage never planned in this run directory."""
-    try:
-        plan = fsio.read_json(plan_path(out, stage))
-    except FileNotFoundError:
-        return None
-    return list(plan.get("partitions", []))  # type: ignore[union-attr]
+    plan = _read_plan_file(out, stage)
+    return None if plan is None else list(plan.get("partitions", []))
 
 
 @dataclass(frozen=True)
@@ -349,12 +355,19 @@ def _read_manifests(out: str, stage: str, keys: list[str], memo: dict | None = N
     return [cache[k] for k in keys]
 
 
-def _plan(out: str, stage: str, memo: dict | None) -> list[dict] | None:
+def _plan_file(out: str, stage: str, memo: dict | None) -> dict | None:
+    """`stage`'s `_plan.json` (None: never planned), read once per `memo`."""
     if memo is None:
-        return read_plan(out, stage)
+        return _read_plan_file(out, stage)
     if ("plan", stage) not in memo:
-        memo[("plan", stage)] = read_plan(out, stage)
+        memo[("plan", stage)] = _read_plan_file(out, stage)
     return memo[("plan", stage)]
+
+
+def _plan(out: str, stage: str, memo: dict | None) -> list[dict] | None:
+    """The partitions of `stage`'s plan (as `read_plan`), read once per `memo`."""
+    plan = _plan_file(out, stage, memo)
+    return None if plan is None else list(plan.get("partitions", []))
 
 
 def current(out: str, stage: str, _memo: dict | None = None) -> list[DonePartition]:
@@ -442,15 +455,15 @@ def _is_claimed(rel: str, claimed: set[str]) -> bool:
 
 def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = (), _memo: dict | None = None) -> Stale:
     """The stale manifests and output files of `stage` (see `Stale`; temporary files of killed
-    writes are `clean`'s, not counted here). `out_dir` is the stage's
-    output folder relative to `out` (None: the registry's, or none); `keep` names files the
-    stage writes beside its partitions (relative paths). A stage that never planned has none."""
+    writes are `clean`'s, not counted here). `out_dir` is the stage's output folder relative to
+    `out` (None: the registry's, or none); the files a stage writes beside its partitions are
+    claimed by its plan's `keep` (and `keep` here). A stage that never planned has none."""
     found = Stale(stage)
-    plan = _plan(out, stage, _memo)
-    if plan is None:
+    plan_file = _plan_file(out, stage, _memo)
+    if plan_file is None:
         return found
-    planned = {e["key"] for e in plan}
-    claimed = set(keep)
+    planned = {e["key"] for e in plan_file.get("partitions", [])}
+    claimed = set(keep) | set(plan_file.get("keep", ()))
     keys = manifest_keys(out, stage)
     for key, m in zip(keys, _read_manifests(out, stage, keys, _memo)):
         if key in planned:
@@ -513,9 +526,9 @@ def run_stage(
     keys = [p.key for p in partitions]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{stage}: duplicate partition keys")
-    write_plan(out, stage, partitions)
-    memo: dict = {}  # every manifest of the stage read once, by threads
-    remove_stale(out, stage, keep=keep, _memo=memo)
+    write_plan(out, stage, partitions, keep)
+    memo: dict = {}  # the plan and every manifest of the stage read once
+    remove_stale(out, stage, _memo=memo)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
     runner_cfg = getattr(wf, "runner", None)

@@ -13,8 +13,10 @@ The format, so tools made for img2dataset output read ours:
   sample's metadata row), for successful samples only;
 - the parquet has one row per input row, img2dataset's columns (`key, status, error_message,
   width, height, original_width, original_height, sha256`, plus `url` and `caption`) and ours
-  (`uid, text, page_url, language, language_score, subset, license`, and `reason`: the drop
-  reason of a failed sample); `status` is img2dataset's `success`, `failed_to_download` or
+  (`uid, text, page_url, language, language_score, subset, license`, `reason`: the drop
+  reason of a failed sample, and `phash` and `colour_grid`: the stored image's perceptual hash
+  and quadrant colours, which select's near-duplicate removal reads; the `.json` member leaves
+  the grid's bytes out); `status` is img2dataset's `success`, `failed_to_download` or
   `failed_to_resize`;
 - `_stats.json` has img2dataset's fields (`count, successes, failed_to_download,
   failed_to_resize, duration, start_time, end_time, status_dict`) plus `reasons`.
@@ -172,6 +174,8 @@ def _meta(sample: Sample, status: str, reason: str | None, error: str | None, im
         "original_height": img.original_height if img else None,
         "sha256": sha256,
         "reason": reason,
+        "phash": img.phash if img else None,
+        "colour_grid": img.colour_grid if img else None,
     }
 
 
@@ -248,7 +252,8 @@ def _members(meta: dict, image: bytes, ext: str) -> dict[str, bytes]:
     return {
         ext: image,
         "txt": (meta.get("text") or "").encode("utf-8"),
-        "json": orjson.dumps(meta, option=orjson.OPT_INDENT_2),
+        # the colour grid is bytes, for the parquet only (near-duplicate removal reads it there)
+        "json": orjson.dumps({k: v for k, v in meta.items() if k != "colour_grid"}, option=orjson.OPT_INDENT_2),
     }
 
 
