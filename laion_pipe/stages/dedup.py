@@ -33,7 +33,8 @@ what a reduce task holds in memory at once) grouped into `n_coarse` = min(n_buck
 `coarse_buckets`) contiguous coarse buckets. Files: one run file per bucketing task, one survivor
 file per (coarse bucket, subset), the parts. Ranged reads: about 2 x (flushes + run files) x
 n_coarse in all, so per million candidates a constant for a given `coarse_buckets`. Local disk:
-a reduce task spills its coarse bucket, about input bytes / n_coarse.
+a reduce task spills its coarse bucket, about 1.6 x input bytes / n_coarse (zstd Arrow IPC; the
+factor is `dedup.spill_bytes_per_candidate_byte` in unit_costs.json, measured by bench_dedup.py).
 
 Rules (what a user can rely on; the row rules are `dedup_rows.py`'s):
 - Key: `url` (LAION-5B) or the (`url`, `text`) pair (`dedup.key`). Dedup is global across subsets:
@@ -663,8 +664,8 @@ def _scratch_root(wf) -> str:
 
 class _Spill:
     """A reduce task's rows by fine bucket: held in memory up to SPILL_BUFFER_BYTES, then appended
-    to one local file per (kind, fine bucket) (an Arrow IPC stream per append, zstd: about 1.5x the
-    candidates' parquet bytes, lz4 took 2.6x for a few percent less CPU), and read back one fine
+    to one local file per (kind, fine bucket) (an Arrow IPC stream per append, zstd: 1.64x the
+    candidates' parquet bytes at 16M rows in bench_dedup.py, lz4 took 2.72x), and read back one fine
     bucket at a time. With one fine bucket nothing goes to disk (it is bounded anyway)."""
 
     OPTIONS = pa.ipc.IpcWriteOptions(compression="zstd")
