@@ -36,6 +36,7 @@ K_PAIRS = "extract.unique_pairs_per_wat"
 K_CAND_BYTES = "extract.output_bytes_per_wat"
 K_UNIQUE = "dedup.unique_fraction"
 K_DEDUP = "dedup.core_seconds_per_million_candidates"
+K_SPILL = "dedup.spill_bytes_per_candidate_byte"
 K_SUCCESS = "download.success_fraction"
 K_DOWNLOAD = "download.core_seconds_per_thousand_images"
 K_WIRE = "download.wire_bytes_per_image"
@@ -88,7 +89,7 @@ class Estimate:
     image_bytes_rate: UnitCost  # bytes per stored image used for images/ and dataset/
     wire_bytes: float  # fetched from the web
     dns_queries: float  # upper bound
-    dedup_bucket_files: float  # files dedup's bucketing phase writes (and its reduce phase reads)
+    dedup_shuffle: DedupShuffle  # what dedup's shuffle writes and reads
     comparisons: tuple[tuple[str, float, UnitCost], ...]  # (what, core-hours, figure)
     used: tuple[UnitCost, ...] = field(default=())  # every figure the numbers depend on
 
@@ -138,9 +139,12 @@ class Estimate:
                      f"{self.image_bytes_rate.unit}, {self.image_bytes_rate.kind})")
         lines.append(f"network: {nbytes(self.wire_bytes)} fetched, up to {human(self.dns_queries)} DNS lookups")
         if any(s.stage == "dedup" for s in self.stages):
-            lines.append(f"dedup shuffle: {nbytes(self.candidates_bytes)} written and read once, in about "
-                         f"{human(self.dedup_bucket_files)} bucket files (dedup.group_target_bytes, bucket_target_bytes, "
-                         "flush_rows)")
+            d = self.dedup_shuffle
+            lines.append(f"dedup shuffle: {nbytes(self.candidates_bytes)} written and read once, in "
+                         f"{human(d.files)} files ({human(d.tasks)} run files + {human(d.survivor_files)} survivor files) "
+                         f"and {human(d.ranged_reads)} ranged reads; {human(d.reduce_tasks)} reduce tasks, each spilling about "
+                         f"{nbytes(d.scratch_bytes_per_task)} to local disk (dedup.group_target_bytes, bucket_target_bytes, "
+                         "coarse_buckets, flush_rows)")
         if self.comparisons:
             lines.append("published tools on the same work: " + "; ".join(
                 f"{what} {sig(h)} core-hours ({sig(c.value)} {c.unit}, {c.kind})" for what, h, c in self.comparisons))
@@ -263,7 +267,7 @@ def estimate(
     dedup: DedupConfig | None = None,
 ) -> Estimate:
     """The estimate for `inputs` (a number of real-size WAT files) from the per-unit `costs`."""
-    c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SUCCESS, K_DOWNLOAD,
+    c = {k: get(costs, k) for k in (K_EXTRACT, K_PAIRS, K_CAND_BYTES, K_UNIQUE, K_DEDUP, K_SPILL, K_SUCCESS, K_DOWNLOAD,
                                     K_WIRE, K_DNS, K_SCORE_CPU, K_SCORE_GPU, K_FEED, K_FINAL, K_CC2DATASET,
                                     K_IMG2DATASET)}
     if not 0 < c[K_UNIQUE].value <= 1:
@@ -307,26 +311,49 @@ def estimate(
         image_bytes_rate=img,
         wire_bytes=downloaded * c[K_WIRE].value,
         dns_queries=unique * c[K_DNS].value,
-        dedup_bucket_files=dedup_bucket_files(w * c[K_CAND_BYTES].value, candidates, dedup or DedupConfig()),
+        dedup_shuffle=dedup_shuffle(w * c[K_CAND_BYTES].value, candidates, dedup or DedupConfig(), c[K_SPILL].value),
         comparisons=tuple(comparisons),
         used=used,
     )
 
 
-def dedup_bucket_files(candidates_bytes: float, candidates: float, cfg: DedupConfig) -> float:
-    """Files the dedup stage's bucketing phase writes, with its partitioning rules
-    (laion_pipe/stages/dedup.py): one task per `group_target_bytes` of candidates, `n_buckets`
-    (default: one per `bucket_target_bytes`), and every `flush_rows` rows a task writes one file per
-    bucket those rows fall in (expected number of distinct buckets among them). Tasks and buckets
-    both grow with the input, so the file count grows with its square."""
+@dataclass(frozen=True)
+class DedupShuffle:
+    """What the dedup stage's shuffle writes and reads (laion_pipe/stages/dedup.py), from its
+    partitioning rules: one bucketing task per `group_target_bytes` of candidates, each writing ONE
+    run file with one segment per (flush of `flush_rows` rows, coarse bucket); `n_buckets` fine
+    buckets (default: one per `bucket_target_bytes`) in at most `coarse_buckets` reduce tasks,
+    each reading its segment of every run file and writing one survivor file per subset."""
+
+    tasks: float  # bucketing tasks = run files
+    flushes: float  # rounds written, all tasks together
+    buckets: float  # fine buckets
+    reduce_tasks: float  # coarse buckets
+    survivor_files: float
+    ranged_reads: float  # an index slice per (run file, reduce task) + a segment per (flush, reduce task)
+    scratch_bytes_per_task: float  # local spill of one reduce task (its share of the candidates)
+
+    @property
+    def files(self) -> float:
+        return self.tasks + self.survivor_files
+
+
+def dedup_shuffle(candidates_bytes: float, candidates: float, cfg: DedupConfig, spill_factor: float = 1.0,
+                  subsets: int = 3) -> DedupShuffle:
+    """The shuffle's files and reads for this much input: files grow with the tasks (linearly);
+    ranged reads with the flushes times the reduce tasks, so linearly too while `coarse_buckets`
+    caps the reduce tasks; the local spill of a reduce task is its share of the input, times
+    `spill_factor` (spill bytes per candidate parquet byte, measured by bench_dedup.py)."""
     if candidates_bytes <= 0 or candidates <= 0:
-        return 0.0
+        return DedupShuffle(0, 0, 0, 0, 0, 0, 0)
     tasks = max(1, math.ceil(candidates_bytes / cfg.group_target_bytes))
     buckets = cfg.n_buckets or max(1, math.ceil(candidates_bytes / cfg.bucket_target_bytes))
-    rows_per_task = candidates / tasks
-    flushes = max(1, math.ceil(rows_per_task / cfg.flush_rows))
-    rows_per_flush = rows_per_task / flushes
-    return tasks * flushes * buckets * -math.expm1(-rows_per_flush / buckets)
+    coarse = min(buckets, cfg.coarse_buckets)
+    flushes = tasks * max(1, math.ceil(candidates / tasks / cfg.flush_rows))
+    return DedupShuffle(
+        tasks=tasks, flushes=flushes, buckets=buckets, reduce_tasks=coarse, survivor_files=subsets * coarse,
+        ranged_reads=coarse * (tasks + flushes), scratch_bytes_per_task=candidates_bytes * spill_factor / coarse,
+    )
 
 
 @dataclass(frozen=True)
@@ -341,7 +368,7 @@ class Cluster:
     network_bits_per_second: float
     dns_queries_per_second: float
     shuffle_bytes: float  # what dedup moves between workers
-    shuffle_files: float  # in how many bucket files
+    shuffle: DedupShuffle
 
     def render(self) -> str:
         days = self.hours / 24
@@ -356,7 +383,9 @@ class Cluster:
         lines.append(f"  network   {sig(self.network_bits_per_second / 1e9):>10} Gbit/s in, sustained")
         lines.append(f"  DNS       {human(self.dns_queries_per_second):>10} lookups/s (upper bound)")
         lines.append(f"  shuffle   {nbytes(self.shuffle_bytes):>10} written and read once by dedup, "
-                     f"in {human(self.shuffle_files)} bucket files")
+                     f"in {human(self.shuffle.files)} files and {human(self.shuffle.ranged_reads)} ranged reads; "
+                     f"{human(self.shuffle.reduce_tasks)} reduce tasks spilling "
+                     f"{nbytes(self.shuffle.scratch_bytes_per_task)} each to local disk")
         return "\n".join(lines)
 
 
@@ -377,7 +406,7 @@ def cluster_for(est: Estimate, hours: float) -> Cluster:
         network_bits_per_second=est.wire_bytes * 8 / secs,
         dns_queries_per_second=est.dns_queries / secs,
         shuffle_bytes=est.candidates_bytes,
-        shuffle_files=est.dedup_bucket_files,
+        shuffle=est.dedup_shuffle,
     )
 
 

@@ -110,7 +110,7 @@ def print_status(out: str, as_json: bool = False) -> int:
     leftovers = {}
     for stage in _stage_names(out):
         st = stage_status(out, stage, memo)
-        found = stale(out, stage)
+        found = stale(out, stage, _memo=memo)
         if found:
             leftovers[stage] = found
             st = {**st, "stale_manifests": found.manifests, "stale_files": found.files}

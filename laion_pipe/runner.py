@@ -74,6 +74,9 @@ class Outcome:
     errors: list[dict] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     max_errors: int = 100
+    details: dict = field(default_factory=dict)
+    """Anything else a later phase reads from the manifest (JSON-able; dedup: where a run file's
+    index lies)."""
 
     def drop(self, reason: str, subset: str = ANY_SUBSET, n: int = 1) -> None:
         if reason not in DROP_REASONS:
@@ -95,6 +98,7 @@ class Outcome:
             "drops": {s: dict(c) for s, c in self.drops.items()},
             "errors": self.errors,
             "outputs": self.outputs,
+            **({"details": self.details} if self.details else {}),
         }
 
 
@@ -172,13 +176,9 @@ def _remove(out: str, rels: Iterable[str]) -> None:
 
 
 def manifest_keys(out: str, stage: str) -> list[str]:
-    """Keys of every partition manifest of `stage` (`_plan.json` and other `_` files excluded)."""
-    keys = []
-    for path in fsio.glob(fsio.join(out, STATE_DIR, stage, "*.json")):
-        name = path.rpartition("/")[2]
-        if not name.startswith("_"):
-            keys.append(name[: -len(".json")])
-    return keys
+    """Keys of every partition manifest of `stage` (`_plan.json` and other `_` files excluded), sorted."""
+    names = fsio.names_in(fsio.join(out, STATE_DIR, stage))
+    return sorted(n[: -len(".json")] for n in names if n.endswith(".json") and not n.startswith("_"))
 
 
 def prune(out: str, stage: str, keep_keys: Iterable[str], *, within: Callable[[str], bool] | None = None) -> list[str]:
@@ -195,6 +195,11 @@ def prune(out: str, stage: str, keep_keys: Iterable[str], *, within: Callable[[s
         fs.rm(p)
         removed.append(key)
     return removed
+
+
+def _workflow(wf: Any) -> Any:
+    """The Dask task whose result is the workflow every partition of a stage run reads."""
+    return wf
 
 
 def _run_partition(stage: str, part: Partition, fn: StageFn, out: str, wf: Any) -> dict:
@@ -333,14 +338,36 @@ class DonePartition:
         return (self.manifest.get("stage", ""), self.key, self.fingerprint)
 
 
-def _read_manifests(out: str, stage: str, keys: list[str]) -> list[dict | None]:
-    """Many manifests at once (threads: on an object store each read is a request)."""
-    if len(keys) < 64:
-        return [read_manifest(out, stage, k) for k in keys]
-    from concurrent.futures import ThreadPoolExecutor
+def _read_manifests(out: str, stage: str, keys: list[str], memo: dict | None = None) -> list[dict | None]:
+    """Many manifests at once (threads: on an object store each read is a request). With `memo`
+    (one dict per status call or stage run), each manifest is read once however often it is asked for."""
+    cache: dict[str, dict | None] = {} if memo is None else memo.setdefault(("manifests", stage), {})
+    missing = [k for k in dict.fromkeys(keys) if k not in cache]
+    if len(missing) < 64 or fsio.is_local(out):  # local reads are not latency-bound: threads only add locking
+        found = [read_manifest(out, stage, k) for k in missing]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(lambda k: read_manifest(out, stage, k), keys))
+        chunks = [missing[i : i + 256] for i in range(0, len(missing), 256)]
+        with ThreadPoolExecutor(16) as pool:
+            found = [m for chunk in pool.map(lambda ks: [read_manifest(out, stage, k) for k in ks], chunks) for m in chunk]
+    cache.update(zip(missing, found))
+    return [cache[k] for k in keys]
+
+
+def _plan_file(out: str, stage: str, memo: dict | None) -> dict | None:
+    """`stage`'s `_plan.json` (None: never planned), read once per `memo`."""
+    if memo is None:
+        return _read_plan_file(out, stage)
+    if ("plan", stage) not in memo:
+        memo[("plan", stage)] = _read_plan_file(out, stage)
+    return memo[("plan", stage)]
+
+
+def _plan(out: str, stage: str, memo: dict | None) -> list[dict] | None:
+    """The partitions of `stage`'s plan (as `read_plan`), read once per `memo`."""
+    plan = _plan_file(out, stage, memo)
+    return None if plan is None else list(plan.get("partitions", []))
 
 
 def current(out: str, stage: str, _memo: dict | None = None) -> list[DonePartition]:
@@ -351,8 +378,8 @@ def current(out: str, stage: str, _memo: dict | None = None) -> list[DonePartiti
     memo = {} if _memo is None else _memo
     if stage in memo:
         return memo[stage]
-    plan = read_plan(out, stage) or []
-    manifests = _read_manifests(out, stage, [e["key"] for e in plan])
+    plan = _plan(out, stage, memo) or []
+    manifests = _read_manifests(out, stage, [e["key"] for e in plan], memo)
     found: list[DonePartition] = []
     upstream_fps: dict[str, dict[str, str]] = {}
     for entry, m in zip(plan, manifests):
@@ -426,19 +453,19 @@ def _is_claimed(rel: str, claimed: set[str]) -> bool:
     return False
 
 
-def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = ()) -> Stale:
+def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = (), _memo: dict | None = None) -> Stale:
     """The stale manifests and output files of `stage` (see `Stale`; temporary files of killed
     writes are `clean`'s, not counted here). `out_dir` is the stage's output folder relative to
     `out` (None: the registry's, or none); the files a stage writes beside its partitions are
     claimed by its plan's `keep` (and `keep` here). A stage that never planned has none."""
     found = Stale(stage)
-    plan_file = _read_plan_file(out, stage)
+    plan_file = _plan_file(out, stage, _memo)
     if plan_file is None:
         return found
     planned = {e["key"] for e in plan_file.get("partitions", [])}
     claimed = set(keep) | set(plan_file.get("keep", ()))
     keys = manifest_keys(out, stage)
-    for key, m in zip(keys, _read_manifests(out, stage, keys)):
+    for key, m in zip(keys, _read_manifests(out, stage, keys, _memo)):
         if key in planned:
             claimed.update(_claimed(m))
         else:
@@ -451,23 +478,24 @@ def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] 
         # folder also holds checkpoints and samples that no manifest lists).
         out_dir = row.out_dir if row is not None and row.curation else None
     if out_dir:
-        fs, root = fsio.fs_and_path(fsio.join(out, out_dir))
-        if fs.isdir(root):
-            base = root.rstrip("/")[: -len(out_dir.strip("/"))].rstrip("/")
-            for path in sorted(fs.find(root)):
-                rel = path[len(base) + 1 :]
-                if not rel.rpartition("/")[2].startswith(fsio.TMP_PREFIX) and not _is_claimed(rel, claimed):
-                    found.files.append(rel)
+        prefix = out_dir.strip("/")
+        for sub in fsio.files_under(fsio.join(out, prefix)):
+            rel = f"{prefix}/{sub}"
+            if not rel.rpartition("/")[2].startswith(fsio.TMP_PREFIX) and not _is_claimed(rel, claimed):
+                found.files.append(rel)
     found.manifests.sort()
     return found
 
 
-def remove_stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = ()) -> Stale:
+def remove_stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = (), _memo: dict | None = None) -> Stale:
     """Remove what `stale` finds: the stale manifests with the outputs they list, then the
     unclaimed files. Returns what was removed."""
-    found = stale(out, stage, out_dir, keep)
-    plan = read_plan(out, stage) or []
-    prune(out, stage, [e["key"] for e in plan])
+    found = stale(out, stage, out_dir, keep, _memo)
+    for key in found.manifests:
+        _remove(out, _claimed(_read_manifests(out, stage, [key], _memo)[0]))
+        fs, p = fsio.fs_and_path(manifest_path(out, stage, key))
+        if fs.exists(p):
+            fs.rm(p)
     _remove(out, found.files)
     folders = {rel.rpartition("/")[0] for rel in found.files}
     for folder in sorted(folders, key=len, reverse=True):  # a recipe dropped from the workflow: its folder goes too
@@ -499,13 +527,15 @@ def run_stage(
     if len(set(keys)) != len(keys):
         raise ValueError(f"{stage}: duplicate partition keys")
     write_plan(out, stage, partitions, keep)
-    remove_stale(out, stage)
+    memo: dict = {}  # the plan and every manifest of the stage read once
+    remove_stale(out, stage, _memo=memo)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
     runner_cfg = getattr(wf, "runner", None)
     force = bool(getattr(runner_cfg, "force", False))
-    for part in partitions:
-        m = None if force else done_manifest(out, stage, part.key, part.fingerprint)
+    for part, m in zip(partitions, _read_manifests(out, stage, keys, memo)):
+        if force or not m or m.get("status") != "done" or m.get("fingerprint") != part.fingerprint:
+            m = None
         if m is not None:
             report.skipped += 1
             report.add(m)
@@ -518,6 +548,11 @@ def run_stage(
     with prog:
         task = prog.add_task(stage, total=len(partitions), completed=report.skipped, note="")
         futures = {}
+        # The workflow travels once, as the result of one task the partitions depend on, not
+        # pickled into every partition's task: with tens of thousands of partitions the copies
+        # held by the scheduler were most of the driver's memory. A task, not scattered data, so
+        # a lost worker's copy is recomputed.
+        shared_wf = client.submit(_workflow, wf, pure=False) if todo else None
         for part in todo:
             fut = client.submit(
                 _run_partition,
@@ -525,17 +560,18 @@ def run_stage(
                 part,
                 fn,
                 out,
-                wf,
+                shared_wf,
                 key=f"{stage}-{part.key}-{part.fingerprint}",
                 pure=False,
                 retries=retries,
                 resources=resources,
             )
             futures[fut] = part
-        for fut in as_completed(list(futures)):
+        # results gathered in batches (one round trip per batch, not per partition)
+        for fut, result in as_completed(list(futures), with_results=True, raise_errors=False) if futures else ():
             part = futures[fut]
             if fut.status == "finished":
-                m = fut.result()
+                m = result
                 report.done += 1
                 report.add(m)
             else:
@@ -559,18 +595,21 @@ def stage_status(out: str, stage: str, _memo: dict | None = None) -> dict[str, l
     """done / failed / pending partition keys of one stage of a run directory, by its current
     plan: done means `current` (done with the plan's fingerprint, upstream current); a planned
     partition done with another fingerprint, or whose upstream changed since, is pending.
-    Manifests of keys the plan no longer has are stale (`stale`), not counted here."""
-    plan = read_plan(out, stage)
+    Manifests of keys the plan no longer has are stale (`stale`), not counted here. Pass the
+    same `_memo` to every call of one status (and to `stale`): each manifest is then read once."""
+    memo = {} if _memo is None else _memo
+    plan = _plan(out, stage, memo)
     status: dict[str, list[str]] = {"done": [], "failed": [], "pending": []}
     if plan is None:  # no plan recorded: the manifests alone
-        for key in manifest_keys(out, stage):
-            st = (read_manifest(out, stage, key) or {}).get("status")
+        keys = manifest_keys(out, stage)
+        for key, m in zip(keys, _read_manifests(out, stage, keys, memo)):
+            st = (m or {}).get("status")
             if st in ("done", "failed"):
                 status[st].append(key)
         return {k: sorted(v) for k, v in status.items()}
-    done = {d.key for d in current(out, stage, _memo)}
+    done = {d.key for d in current(out, stage, memo)}
     keys = [e["key"] for e in plan]
-    for key, m in zip(keys, _read_manifests(out, stage, keys)):
+    for key, m in zip(keys, _read_manifests(out, stage, keys, memo)):
         if key in done:
             status["done"].append(key)
         elif m and m.get("status") == "failed":

@@ -3,18 +3,21 @@ blocklists, bad input, resume and pruning. Everything runs through `dedup.run` o
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
 import mmh3
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from laion_pipe import clean, fsio, runner
+from laion_pipe import clean, fsio, runfiles, runner
 from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.schema import CANDIDATE_SCHEMA, SUBSETS
 from laion_pipe.stages import dedup
+from laion_pipe.stages.dedup_rows import Layout
 from shards import record_done
 
 COLS = CANDIDATE_SCHEMA.names
@@ -187,6 +190,8 @@ def test_same_output_for_any_partitioning(tmp_path, dask_client):
         (2, dict(n_buckets=13, flush_rows=1000)),
         (2, dict(n_buckets=13, flush_rows=1000)),  # the same again: runs are deterministic
         (4, dict()),  # n_buckets from input size
+        (5, dict(n_buckets=7, coarse_buckets=2, flush_rows=40, group_target_bytes=1)),  # reduce tasks spill by fine bucket
+        (3, dict(n_buckets=13, coarse_buckets=3, flush_rows=70)),
     ]):
         out = tmp_path / f"run{i}"
         write_split(out, rows, n_files)
@@ -200,44 +205,56 @@ def test_same_output_for_any_partitioning(tmp_path, dask_client):
             assert all(a.equals(b) for a, b in zip(first[s], other[s]))
 
 
-# ---------------------------------------------------------------- bounded memory: bucket files, per-bucket reads
+# ---------------------------------------------------------------- bounded memory and files: run files, per-range reads
 
 
 def test_tasks_read_only_their_bucket(tmp_path, dask_client, monkeypatch):
     monkeypatch.setattr(clean, "remove_work", lambda out, stage: (0, 0))  # keep the work files to inspect them
+    monkeypatch.setattr(dedup, "READ_BATCH_ROWS", 16)  # several flushes per task
     rows = random_rows(800, 400, seed=3)
     out = tmp_path / "run"
     write_split(out, rows, 4)
-    wf = wf_of(n_buckets=4, flush_rows=100, rows_per_part=50, group_target_bytes=1)
+    wf = wf_of(n_buckets=8, coarse_buckets=4, flush_rows=30, rows_per_part=50, group_target_bytes=1)
     reads: list[tuple[str, int, int]] = []
-    real_read, real_rows = dedup._read_parquet, dedup._read_rows
+    parts_read: list[tuple[str, int]] = []
+    real_read, real_rows, real_entries = dedup._read_parquet, dedup._read_rows, runfiles.part_entries
     monkeypatch.setattr(dedup, "_read_parquet", lambda p: reads.append((p, 0, -1)) or real_read(p))
     monkeypatch.setattr(dedup, "_read_rows", lambda p, a, b: reads.append((p, a, b)) or real_rows(p, a, b))
+    monkeypatch.setattr(runfiles, "part_entries", lambda info, c: parts_read.append((info.path, c)) or real_entries(info, c))
     rep = dedup.run(str(out), wf, dask_client)
-    assert rep.complete
+    assert rep.complete and unique_rows(out) == reference(rows)
 
-    # phase 1 wrote bucket files, several per bucket (flushes and groups), each holding only its hash range
-    bucket_parts, n = dedup.plan_buckets(str(out), wf)
-    assert n == 4 and len(bucket_parts) == 12  # one group per file: 4 files x 3 subsets
-    for b in range(4):
-        files = sorted((out / dedup.bucket_dir(b)).glob("*.parquet"))
-        assert len(files) >= 12
-        for f in files:
-            h = pq.read_table(f)[dedup.HASH_COL].to_numpy()
-            assert set(dedup.bucket_of(h, 4)) == {b}
+    # phase 1: ONE run file per bucketing task, whatever its flushes (files grow with the tasks,
+    # not tasks x buckets); each segment of coarse bucket c holds only c's fine buckets
+    bucket_parts, layout = dedup.plan_buckets(str(out), wf)
+    assert layout == Layout(n_buckets=8, n_coarse=4, n_ranges=4) and len(bucket_parts) == 12  # 4 files x 3 subsets
+    runs = sorted((out / dedup.WORK_DIR / "runs").glob("*.run"))
+    assert [p.name for p in runs] == sorted(f"{p.key}.rows.run" for p in bucket_parts)
+    assert not list((out / dedup.WORK_DIR).rglob("*.parquet.*"))
+    for f in runs:
+        info = runfiles.read_info(str(f))
+        assert info.parts == 4 and info.rounds >= 1
+        for c in range(4):
+            for t in runfiles.read_part(info, c):
+                assert set(layout.coarse_of(dedup.bucket_of(t[dedup.HASH_COL].to_numpy(), 8))) == {c}
+    assert sum(runfiles.read_info(str(f)).rounds for f in runs) == rep.counts["flushes"] > 12  # several flushes per task
 
-    # phase 2: each task reads exactly its bucket's files, and no task sees all rows
-    reduce_parts = dedup.plan_reduce(str(out), wf, bucket_parts, n)
-    assert [p.key for p in reduce_parts] == ["b00000", "b00001", "b00002", "b00003"]
+    # phase 3: each task reads exactly its coarse bucket of every run file, spills it by fine bucket,
+    # and no task sees all rows
+    reduce_parts = dedup.plan_reduce(str(out), wf, layout, bucket_parts)
+    assert [p.key for p in reduce_parts] == ["c00000", "c00001", "c00002", "c00003"]
     for part in reduce_parts:
+        parts_read.clear()
         reads.clear()
         o = dedup.process_reduce(part, str(out), wf)
-        b = part.param("bucket")
-        assert reads and {Path(p).parent.name for p, _, _ in reads} == {f"b{b:05d}"}
-        assert sorted(p for p, _, _ in reads) == sorted(part.inputs)
+        c = part.param("coarse")
+        assert sorted(parts_read) == sorted((str(f), c) for f in runs) and not reads  # its index slice of each run file
+        assert o.counts["ranged_reads"] == len(runs) + sum(  # and its non-empty segments, nothing else
+            int((runfiles.part_entries(runfiles.read_info(str(f)), c)[:, 1] > 0).sum()) for f in runs)
         assert 0 < o.counts["bucket_rows"] < len(rows) / 2
+        assert o.counts["scratch_files"] == 2 and o.counts["scratch_bytes"] > 0  # its two fine buckets, on local disk
 
-    # phase 3: a part reads only row ranges of survivor files, adding up to its own size
+    # phase 4: a part reads only row ranges of survivor files, adding up to its own size
     for part in dedup.plan_parts(str(out), wf, reduce_parts):
         reads.clear()
         o = dedup.process(part, str(out), wf)
@@ -271,7 +288,7 @@ def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask
     assert unique_rows(out) == parts_before
 
     # a crash after the reduce of one bucket, before the parts: only that work is redone
-    (out / "_state" / dedup.REDUCE_STAGE / "b00001.json").unlink()
+    (out / "_state" / dedup.REDUCE_STAGE / "c00001.json").unlink()
     (out / "_state" / dedup.NAME / "en-part-00000.json").unlink()
     (out / "unique" / "en" / "part-00000.parquet").unlink()
     third = dedup.run(str(out), wf, dask_client)
@@ -279,7 +296,7 @@ def test_rerun_skips_done_partitions_and_redoes_only_what_changed(tmp_path, dask
     now = {st: _finished(out, st) for st in before}
     assert now[dedup.BUCKET_STAGE] == before[dedup.BUCKET_STAGE]
     changed = {k for k in now[dedup.REDUCE_STAGE] if now[dedup.REDUCE_STAGE][k] != before[dedup.REDUCE_STAGE][k]}
-    assert changed == {"b00001"}
+    assert changed == {"c00001"}
     assert unique_rows(out) == parts_before
 
     # a new candidate file: only its bucketing task runs; every bucket is re-deduped
@@ -301,7 +318,7 @@ def test_fewer_parts_on_rerun_removes_stale_parts(tmp_path, dask_client):
     dedup.run(str(out), wf_of(rows_per_part=1000, n_buckets=2), dask_client)
     for s in SUBSETS:
         assert [p.name for p in (out / "unique" / s).iterdir()] == ["part-00000.parquet"]
-    assert not list((out / dedup.bucket_dir(3)).glob("*.parquet"))  # buckets of the old plan are gone too
+    assert not (out / "_state" / dedup.REDUCE_STAGE / "c00003.json").exists()  # buckets of the old plan are gone too
     assert runner.stage_status(str(out), dedup.NAME) == {
         "done": ["en-part-00000", "multi-part-00000", "nolang-part-00000"], "failed": [], "pending": []}
     assert unique_rows(out) == reference(rows)
@@ -365,6 +382,88 @@ def test_clean_and_status_as_a_user_runs_them(tmp_path):
     assert cli("clean", str(out), "--stage", "bogus").returncode == 2
 
 
+# ---------------------------------------------------------------- columns beyond the candidates'
+
+
+def test_extra_columns_pass_through_unchanged(tmp_path, dask_client):
+    """A URL list's own columns (issue 20) reach unique/ as they are: unified across files (a
+    column missing from a file is null there, int32 and int64 promote), in order of first
+    appearance, and a sortable one breaks ties between otherwise identical rows."""
+    out = tmp_path / "run"
+    a, b = row("01", "http://x.com/1.jpg"), row("02", "http://x.com/2.jpg")
+    schema_a = CANDIDATE_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("rank", pa.int32()))
+    write_candidates(out, "en", 0, [a | {"source": "list-a", "rank": 5}, b | {"source": "list-a", "rank": 1}], schema=schema_a)
+    schema_b = CANDIDATE_SCHEMA.append(pa.field("rank", pa.int64())).append(pa.field("tags", pa.list_(pa.string())))
+    write_candidates(out, "en", 1, [a | {"rank": 2, "tags": ["t1", "t2"]}], schema=schema_b)
+    write_candidates(out, "en", 2, [row("03", "http://x.com/3.jpg")])
+    for cfg in (dict(), dict(n_buckets=5, coarse_buckets=2, group_target_bytes=1)):
+        rep = dedup.run(str(out), wf_of(**cfg), dask_client)
+        assert rep.complete
+        [t] = unique_parts(out, "en")
+        assert t.schema.names == [*CANDIDATE_SCHEMA.names, "source", "rank", "tags"]
+        assert t.schema.field("rank").type == pa.int64() and t.schema.field("tags").type == pa.list_(pa.string())
+        got = {r["uid"]: (r["source"], r["rank"], r["tags"]) for r in t.to_pylist()}
+        # uid 01 twice, the same in every candidate column: rank 2 < 5 survives (the file without `source`)
+        assert got == {"01": (None, 2, ["t1", "t2"]), "02": ("list-a", 1, None), "03": (None, None, None)}
+        assert [r["url"] for r in t.to_pylist()] == sorted([r["url"] for r in t.to_pylist()], key=h64)
+        assert rep.drops["en"] == {"duplicate_url": 1}
+
+
+def test_reserved_or_conflicting_columns_fail_clearly(tmp_path, dask_client):
+    out = tmp_path / "run"
+    write_candidates(out, "en", 0, [row("01", "http://x.com/1.jpg") | {"_h": 3}],
+                     schema=CANDIDATE_SCHEMA.append(pa.field("_h", pa.int64())))
+    rep = dedup.run(str(out), wf_of(), dask_client)
+    assert not rep.complete and "'_h' is reserved" in rep.failed[0]["error"]
+    out = tmp_path / "run2"
+    write_candidates(out, "en", 0, [row("01", "http://x.com/1.jpg") | {"x": "a"}], schema=CANDIDATE_SCHEMA.append(pa.field("x", pa.string())))
+    write_candidates(out, "en", 1, [row("02", "http://x.com/2.jpg") | {"x": [1]}], schema=CANDIDATE_SCHEMA.append(pa.field("x", pa.list_(pa.int64()))))
+    with pytest.raises(ValueError, match="disagree on the type"):
+        dedup.run(str(out), wf_of(group_target_bytes=1), dask_client)
+
+
+# ---------------------------------------------------------------- URL-hash lists: a join by digest range
+
+
+def test_url_hash_lists_are_joined_by_digest_range(tmp_path, dask_client):
+    """Lists in every algorithm, several list files and digest ranges: exactly the listed URLs go,
+    every copy of them, counted once each; the lists are never loaded by one task."""
+    rows = random_rows(600, 200, seed=12)
+    out = tmp_path / "run"
+    write_split(out, rows, 3)
+    urls = sorted({r["url"] for r in rows})
+    listed = {"md5": urls[0:10], "sha1": urls[10:15], "sha256": urls[15:40] + urls[0:3]}
+    lists = []
+    for i, (algo, us) in enumerate(listed.items()):
+        f = tmp_path / f"list{i}.txt"
+        f.write_text("# removal list\n" + "".join(hashlib.new(algo, u.encode()).hexdigest() + "\n" for u in us)
+                     + "".join(hashlib.new(algo, f"http://other/{k}".encode()).hexdigest() + "\n" for k in range(300)))
+        lists.append(str(f))
+    blocked = set().union(*listed.values())
+    want = reference([r for r in rows if r["url"] not in blocked])
+    for cfg in (dict(n_buckets=4), dict(n_buckets=6, coarse_buckets=2, bucket_target_bytes=2000)):
+        rep = dedup.run(str(out), wf_of(blocked_url_hashes=lists, rows_per_part=1000, **cfg), dask_client)
+        assert rep.complete and unique_rows(out) == want
+        assert sum(c.get("blocked_url_hash", 0) for c in rep.drops.values()) == sum(r["url"] in blocked for r in rows)
+        assert rep.counts["hash_list_entries"] == 43 + 900 and rep.counts["url_hash_matches"] == 43  # per algorithm: 3 URLs are in two lists
+    assert len(runner.read_plan(str(out), dedup.HASHES_STAGE)) > 2  # n_ranges from the lists' size: several join tasks
+    # the lists removed from the workflow: their phases' state goes, nothing is blocked any more
+    rep = dedup.run(str(out), wf_of(n_buckets=4, rows_per_part=1000), dask_client)
+    assert unique_rows(out) == reference(rows) and runner.read_plan(str(out), dedup.HASHES_STAGE) == []
+
+
+def test_hash_matches_need_the_digest_not_only_the_url_hash():
+    """A 64-bit URL-hash collision cannot block a URL: the join's match is checked on the digest."""
+    from laion_pipe import blocklists as bl
+    from laion_pipe.stages.dedup_rows import HashMatches
+
+    listed = "http://listed.example/a.jpg"
+    t = pa.table({"url": [listed, "http://innocent.example/b.jpg"], "subset": ["en", "en"],
+                  dedup.HASH_COL: pa.array([7, 7], pa.uint64())})  # the same (colliding) URL hash
+    m = HashMatches({"sha256": (np.array([7], np.uint64), bl.SortedDigests(bl.url_digests([listed], "sha256")))})
+    assert m.mask(t).tolist() == [True, False]
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -401,7 +500,7 @@ def test_unreadable_file_fails_its_task_and_stops_before_dedup(tmp_path, dask_cl
     assert [f["key"] for f in rep.failed] == ["dedup.bucket/cand-en-part-00001"]
     assert "missing column" in rep.failed[0]["error"]
     assert not (out / "unique").exists()
-    assert list((out / dedup.WORK_DIR).rglob("*.parquet"))  # incomplete: the good file's buckets stay for the rerun
+    assert list((out / dedup.WORK_DIR).rglob("*.run"))  # incomplete: the good file's run file stays for the rerun
 
 
 def test_curated_glob_matching_nothing_is_an_error(tmp_path, dask_client):
@@ -478,3 +577,44 @@ def test_read_rows_reads_only_the_row_groups_needed(tmp_path, monkeypatch):
         asked.clear()
         assert dedup._read_rows(str(path), start, stop)["x"].to_pylist() == list(range(start, stop))
         assert asked == ([groups] if groups else [])
+
+
+# ---------------------------------------------------------------- a URL-hash list at the size it comes in
+
+
+@pytest.mark.slow
+def test_ten_million_hashes_under_a_small_memory_limit(tmp_path):
+    """A 10M-digest SHA-256 list (650 MB of text) against a worker process limited to 700 MB: no
+    task holds the list (loaded whole as before, its digests alone were about 1 GB of Python
+    objects), the worker is never restarted, and exactly the listed URLs go."""
+    from distributed import Client, LocalCluster
+
+    n, hexdigits = 10_000_000, np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    rows = random_rows(3000, 1500, seed=21)
+    out = tmp_path / "run"
+    write_split(out, rows, 2)
+    listed = sorted({r["url"] for r in rows})[::25]
+    rng = np.random.default_rng(0)
+    lines_at = set(rng.choice(n, size=len(listed), replace=False).tolist())
+    real = iter(hashlib.sha256(u.encode()).digest() for u in listed)
+    path = tmp_path / "relaion-sha256.txt"
+    with open(path, "wb") as f:
+        f.write(b"# a removal list: one hex SHA-256 of a URL per line\n")
+        for start in range(0, n, 1_000_000):
+            d = rng.integers(0, 256, size=(1_000_000, 32), dtype=np.uint8)
+            for i in [i for i in lines_at if start <= i < start + 1_000_000]:
+                d[i - start] = np.frombuffer(next(real), dtype=np.uint8)
+            text = np.empty((1_000_000, 65), dtype=np.uint8)
+            text[:, 0:64:2], text[:, 1:64:2], text[:, 64] = hexdigits[d >> 4], hexdigits[d & 15], ord("\n")
+            f.write(text.tobytes())
+    assert path.stat().st_size > 650e6
+    wf = wf_of(blocked_url_hashes=[str(path)], bucket_target_bytes=32 * 2**20, rows_per_part=1000)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="700MB",
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        pid = client.run(os.getpid)
+        rep = dedup.run(str(out), wf, client)
+        assert client.run(os.getpid) == pid, "the worker was restarted (over its memory limit)"
+    assert rep.complete, rep.failed
+    assert rep.counts["hash_list_entries"] == n and rep.counts["url_hash_matches"] == len(listed)
+    assert runner.read_plan(str(out), dedup.HASHES_STAGE) and len(runner.read_plan(str(out), dedup.HASHES_STAGE)) >= 20
+    assert unique_rows(out) == reference([r for r in rows if r["url"] not in set(listed)])

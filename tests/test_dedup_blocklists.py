@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -33,15 +34,37 @@ def test_url_hosts():
 
 def test_domain_mask_blocks_domain_and_subdomains_only(tmp_path):
     f = tmp_path / "d.txt.gz"
-    f.write_bytes(gzip.compress(b"# comment\nblocked.net\nbucher.example  # trailing words are ignored\nb\xc3\xbccher.de\n"))
+    f.write_bytes(gzip.compress(b"# comment\nblocked.net\nbucher.example  # trailing words are ignored\nb\xc3\xbccher.de\n"
+                                b"*.Wild.ORG.\nhttps://user@Url.example:8080/x\n\n"))
     domains = bl.load_domains([str(f)])
-    assert domains == {"blocked.net", "bucher.example", "xn--bcher-kva.de"}
+    assert len(domains) == 5
+    assert [d in domains for d in ("blocked.net", "bucher.example", "xn--bcher-kva.de", "wild.org", "url.example")] == [True] * 5
+    assert [d in domains for d in ("net", "notblocked.net", "bücher.de", "example")] == [False] * 4
     urls = pa.array([
         "http://blocked.net/a", "https://cdn.img.blocked.net/b", "http://notblocked.net/c", "http://blocked.net.evil.com/d",
         "http://bücher.de/e", "http://www.xn--bcher-kva.de/f", "http://ok.com/blocked.net", "mailto:x@blocked.net",
     ])
     assert bl.domain_mask(urls, domains).tolist() == [True, True, False, False, True, True, False, False]
-    assert bl.domain_mask(urls, frozenset()).tolist() == [False] * 8
+    assert bl.domain_mask(urls, bl.DomainList.of([])).tolist() == [False] * 8
+
+
+def test_domain_list_lookups_agree_with_a_python_set():
+    """Many random names against a list of many: the 128-bit hash lookup gives a Python set's answers."""
+    import random
+
+    rnd = random.Random(4)
+    listed = {f"h{rnd.randrange(10**6)}.example{rnd.randrange(50)}.com" for _ in range(20_000)}
+    probes = [f"h{rnd.randrange(10**6)}.example{rnd.randrange(50)}.com" for _ in range(20_000)] + sorted(listed)[:500]
+    got = bl.DomainList.of(listed).contains(probes)
+    assert got.tolist() == [p in listed for p in probes] and got.sum() >= 500
+
+
+def _digests_by_algo(path, **kw) -> dict:
+    found: dict = {}
+    for block in bl.iter_digests(str(path), **kw):
+        for algo, d in block.items():
+            found.setdefault(algo, []).append(d)
+    return {a: np.concatenate(v) for a, v in found.items()}
 
 
 def test_url_hash_lists_by_algorithm(tmp_path):
@@ -50,19 +73,42 @@ def test_url_hash_lists_by_algorithm(tmp_path):
     f.write_text(
         "# Re-LAION style removal list\n"
         + hashlib.md5(urls[0].encode()).hexdigest() + "\n"
-        + hashlib.sha1(urls[1].encode()).hexdigest().upper() + ",extra,fields\n"
-        + hashlib.sha256(urls[2].encode()).hexdigest() + "\n"
+        + hashlib.sha1(urls[1].encode()).hexdigest().upper() + ",extra,fields\n\n"
+        + "  " + hashlib.sha256(urls[2].encode()).hexdigest() + "\t# trailing comment\n"
     )
-    hashes = bl.load_url_hashes([str(f)])
-    assert len(hashes) == 3 and set(hashes.digests) == {"md5", "sha1", "sha256"}
-    assert bl.url_hash_mask(pa.array(urls), hashes).tolist() == [True, True, True, False]
+    found = _digests_by_algo(f)
+    assert {a: len(d) for a, d in found.items()} == {"md5": 1, "sha1": 1, "sha256": 1}
+    for i, algo in enumerate(("md5", "sha1", "sha256")):
+        hits = bl.SortedDigests(found[algo]).contains(bl.url_digests(urls, algo))
+        assert hits.tolist() == [j == i for j in range(4)]
 
 
-def test_malformed_hash_line_is_an_error(tmp_path):
+def test_hex_digests_match_hashlib_across_blocks(tmp_path):
+    """Vectorised hex parsing, block by block, against hashlib's own hex digests."""
+    import random
+
+    rnd = random.Random(1)
+    urls = [f"https://x{rnd.randrange(10**9)}.example/{i}.jpg" for i in range(3000)]
+    lines = [hashlib.sha256(u.encode()).hexdigest() for u in urls]
+    lines = [ln.upper() if i % 3 == 0 else ln for i, ln in enumerate(lines)]
+    (tmp_path / "h.txt").write_text("\n".join(lines) + "\n")
+    got = _digests_by_algo(tmp_path / "h.txt", block_bytes=4096)["sha256"]
+    assert [bytes(row) for row in got] == [hashlib.sha256(u.encode()).digest() for u in urls]
+    assert (bl.url_digests(urls, "sha256") == got).all()
+    prefix = bl.digest_prefix(got)
+    assert prefix.tolist() == [int.from_bytes(hashlib.sha256(u.encode()).digest()[:8], "big") for u in urls]
+
+
+def test_malformed_hash_line_is_an_error_with_its_line(tmp_path):
     f = tmp_path / "h.txt"
     f.write_text("abc123\n")
     with pytest.raises(ValueError, match="h.txt:1"):
-        bl.load_url_hashes([str(f)])
+        bl.check_digests(str(f))
+    good = hashlib.md5(b"x").hexdigest()
+    f.write_text("# list\n" + (good + "\n") * 5000 + "\n" + good[:-1] + "g\n" + good + "\n")
+    bl.check_digests(str(f), head_bytes=1024)  # the head is fine: the task that streams it finds line 5003
+    with pytest.raises(ValueError, match=r"h.txt:5003: '.*g' is not a hex"):
+        list(bl.iter_digests(str(f), block_bytes=2048))
 
 
 def test_iter_curated_parquet_and_text(tmp_path):

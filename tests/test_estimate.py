@@ -35,6 +35,7 @@ FIGURES = {
     "extract.output_bytes_per_wat": 1_000_000,
     "dedup.unique_fraction": 0.5,
     "dedup.core_seconds_per_million_candidates": 600,
+    "dedup.spill_bytes_per_candidate_byte": 2.0,
     "download.success_fraction": 0.8,
     "download.core_seconds_per_thousand_images": 15,
     "download.wire_bytes_per_image": 10_000,
@@ -91,8 +92,8 @@ def test_three_local_wat_files_by_hand(three_wats: Path) -> None:
     assert est.wire_bytes == pytest.approx(24_000_000)
     assert est.dns_queries == pytest.approx(3_000)
     # dedup with its defaults: one task per 256 MiB, one bucket per 64 MiB, a flush every 1M rows:
-    # 3 MB -> 1 task, 1 bucket, 1 flush -> 1 file
-    assert est.dedup_bucket_files == pytest.approx(1.0)
+    # 3 MB -> 1 task (1 run file, 1 flush), 1 bucket = 1 reduce task (3 survivor files)
+    assert est.dedup_shuffle.files == pytest.approx(4.0) and est.dedup_shuffle.ranged_reads == pytest.approx(2.0)
     comparisons = {what: hours for what, hours, _ in est.comparisons}
     assert comparisons["cc2dataset extract"] == pytest.approx(150 / 3600)
     assert comparisons["img2dataset download"] == pytest.approx(28.8 / 3600)
@@ -277,14 +278,19 @@ def test_estimate_module_as_a_user_runs_it(tmp_path: Path) -> None:
     assert "= 3.00 real-size WAT files" in pairs.stdout  # 300 / (1,000 x 0.1)
 
 
-def test_dedup_bucket_files_grow_with_the_square_of_the_input() -> None:
+def test_dedup_shuffle_grows_linearly_with_the_input() -> None:
     from laion_pipe.config.dedup import DedupConfig
 
-    cfg = DedupConfig(group_target_bytes=1_000_000, bucket_target_bytes=500_000, flush_rows=1_000)
+    cfg = DedupConfig(group_target_bytes=1_000_000, bucket_target_bytes=100_000, flush_rows=1_000, coarse_buckets=10)
     est = estimate(InputCount(files=3, wat_equivalents=3.0), injected(), dedup=cfg)
-    # 3 MB of candidates: 3 tasks x 6 buckets; 2,000 rows per task = 2 flushes of 1,000 rows,
-    # which hit all 6 buckets (1 - e^-166 of them): 3 x 2 x 6 files
-    assert est.dedup_bucket_files == pytest.approx(36)
-    ten_times = estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg)
-    assert ten_times.dedup_bucket_files == pytest.approx(30 * 2 * 60)  # 10x the input, 100x the files
-    assert cluster_for(ten_times, 1).shuffle_files == pytest.approx(3_600)
+    # 3 MB of candidates (6,000 rows): 3 tasks of 2,000 rows = 2 flushes each; 30 buckets in 10 reduce
+    # tasks: 3 run files + 3 x 10 survivor files; each reduce task reads 3 index slices + 6 segments
+    d = est.dedup_shuffle
+    assert (d.tasks, d.flushes, d.buckets, d.reduce_tasks) == (3, 6, 30, 10)
+    assert d.files == pytest.approx(33) and d.ranged_reads == pytest.approx(90)
+    assert d.scratch_bytes_per_task == pytest.approx(600_000)  # 3 MB / 10 tasks, spilled at 2 bytes per byte
+    ten = estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg).dedup_shuffle
+    # 10x the input: 10x the run files and ranged reads (the reduce tasks stay at coarse_buckets), 10x the spill per task
+    assert (ten.tasks, ten.flushes, ten.reduce_tasks) == (30, 60, 10)
+    assert ten.ranged_reads == pytest.approx(10 * d.ranged_reads) and ten.files == pytest.approx(30 + 30)
+    assert cluster_for(estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg), 1).shuffle == ten

@@ -29,6 +29,18 @@ class DedupConfig(Section):
         description="input bytes per bucketing task: small candidate files are grouped so a task writes "
         "fewer, larger bucket files",
     )
+    coarse_buckets: int = Field(
+        1024,
+        ge=1,
+        description="reduce tasks at most: the buckets are grouped into this many contiguous hash ranges; each "
+        "bucketing task writes one file with one segment per range and flush, each reduce task reads one range "
+        "(ranged reads grow with the input times this number; a reduce task spills about input bytes / this "
+        "number to local disk)",
+    )
+    scratch_dir: str | None = Field(
+        None,
+        description="local folder for the reduce tasks' spill files; default: the Dask worker's local directory",
+    )
     flush_rows: int = Field(
         1_000_000,
         ge=1,

@@ -73,15 +73,15 @@ def _planned(run_dir: str, stage: str) -> dict[str, str | None] | None:
 
 def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
     """The funnel of a run directory: one FunnelStage per stage that has a plan or manifests."""
+    from ..runner import manifest_keys
+
     items: list[tuple[str, str, bool, str | None]] = []
     plans: dict[str, dict[str, str | None] | None] = {}
+    state = fsio.names_in(fsio.join(run_dir, STATE_DIR))  # one listing, not a glob per stage
     for stage in FUNNEL_STAGES:
-        phases = [stage] + sorted(
-            d.rstrip("/").rpartition("/")[2] for d in fsio.glob(fsio.join(run_dir, STATE_DIR, f"{stage}.*"))
-        )
+        phases = [stage] + sorted(d for d in state if d.startswith(f"{stage}."))
         for phase in phases:
-            paths = [p for p in fsio.glob(fsio.join(run_dir, STATE_DIR, phase, "*.json"))
-                     if not p.rpartition("/")[2].startswith("_")]
+            paths = [fsio.join(run_dir, STATE_DIR, phase, f"{k}.json") for k in manifest_keys(run_dir, phase)]
             planned = _planned(run_dir, phase)
             if phase == stage:
                 plans[stage] = planned
