@@ -135,13 +135,3 @@ def test_run_reports_a_config_error_before_work(tmp_path):
     r = cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", "download.timout=5")
     assert r.returncode == 2 and "download.timout: unknown key" in r.stderr
     assert not out.exists()
-
-
-def test_demo_command(tmp_path):
-    out = tmp_path / "demo"
-    r = ok(cli("demo", "--out", str(out), "--no-train"))
-    assert "report" in r.stdout + r.stderr
-    assert f"laion-pipe serve {out.resolve()}" in " ".join(r.stdout.split())  # it ends with the search page's command
-    assert (out / "index" / "clip" / "image.index").is_file()
-    assert (out / "stats" / "report.html").is_file()
-    assert (out / "dataset" / "en").is_dir()

@@ -43,6 +43,15 @@ def test_demo_prints_funnel_table_and_report(demo_run):
     assert rows["en"]["count"] > 20 and rows["multi"]["count"] > 10
 
 
+def test_demo_ends_with_the_search_page_command(demo_run):
+    """The demo builds the kNN index and says how to open its search page (formerly its own
+    `laion-pipe demo --no-train` run in test_cli_e2e: the same command, run once here)."""
+    out, log = demo_run
+    assert f"laion-pipe serve {out.resolve()}" in " ".join(log.split())
+    assert (out / "index" / "clip" / "image.index").is_file()
+    assert (out / "dataset" / "en").is_dir()
+
+
 def test_demo_numbers_agree_with_the_world(demo_run):
     out, _ = demo_run
     truth = pd.read_parquet(out / "world" / "truth.parquet")

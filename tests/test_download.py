@@ -259,7 +259,8 @@ def test_force_with_retry_failed_redoes_every_shard(tmp_path):
         s.route("/b.jpg", srv.sequence(*[srv.status(503)] * 4, ok))  # on the 5th
         write_part(tmp_path, "en", 0, [s.url(f"/{p}.jpg") for p in ("0", "1", "2", "a", "b")])
         wf_file = tmp_path / "wf.yaml"
-        data = workflow(retries=1).model_dump(mode="json")
+        # generous timeouts: this test counts requests, and a read timed out on a loaded machine is one more
+        data = workflow(retries=1, timeout=30.0, connect_timeout=10.0, read_timeout=10.0).model_dump(mode="json")
         data["cluster"].update(n_workers=1, processes=False)
         wf_file.write_text(yaml.safe_dump(data))
         stats_file = tmp_path / "images" / "en" / "00000_stats.json"
