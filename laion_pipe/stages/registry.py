@@ -208,7 +208,8 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "accuracy and the Frechet distance between CLIP image embeddings of generated and held-out real images.",
         options=(
             Option(("--model",), metavar="PATH", override="evaluate.model",
-                   help="a train name of this run or a model folder (final/ or checkpoint-N/); default: the workflow's train.name"),
+                   help="a train name of this run or a model folder (final/ or checkpoint-N/; one inside RUN/train/NAME/ uses "
+                        "NAME's held-out prompts); default: the workflow's train.name"),
             Option(("--prompts",), metavar="FILE", override="evaluate.prompts",
                    help="a file of prompts, one per line; default: the prompts the train stage held out"),
         ),
