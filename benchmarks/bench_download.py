@@ -363,6 +363,7 @@ def main() -> int:
                             "language_score": pa.array([1.0] * m, pa.float32()),
                             "subset": ["en"] * m,
                             "license": [None] * m,
+                            "source": [None] * m,
                         },
                         schema=CANDIDATE_SCHEMA,
                     ),

@@ -74,6 +74,9 @@ class Outcome:
     errors: list[dict] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     max_errors: int = 100
+    info: dict = field(default_factory=dict)
+    """Anything else a later stage reads from this partition's manifest (`info`; not summed by
+    reports): extract records a URL list's column types here."""
 
     def drop(self, reason: str, subset: str = ANY_SUBSET, n: int = 1) -> None:
         if reason not in DROP_REASONS:
@@ -95,6 +98,7 @@ class Outcome:
             "drops": {s: dict(c) for s, c in self.drops.items()},
             "errors": self.errors,
             "outputs": self.outputs,
+            **({"info": self.info} if self.info else {}),
         }
 
 

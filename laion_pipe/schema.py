@@ -32,6 +32,14 @@ DROP_REASONS: frozenset[str] = frozenset(
         "javascript_url",
         "excluded_extension",
         "duplicate_in_file",
+        # extract, a URL list's bounds on its published columns (extract.lists.bounds)
+        "published_similarity",
+        "published_unsafe",
+        "published_watermark",
+        "published_aesthetic",
+        "published_size",
+        "published_language",
+        "published_bound",
         # dedup
         "duplicate_url",
         "duplicate_pair",
@@ -83,6 +91,9 @@ UID, URL, TEXT, PAGE_URL, LANGUAGE, LANGUAGE_SCORE, SUBSET = (
     "subset",
 )
 LICENSE = "license"
+SOURCE = "source"
+"""A URL list's other columns, as one JSON object per pair (null for crawl pairs): how they travel
+through dedup to download and select, which expand them (`extra_columns.py`)."""
 
 CANDIDATE_SCHEMA = pa.schema(
     [
@@ -94,6 +105,7 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field(LANGUAGE_SCORE, pa.float32()),
         pa.field(SUBSET, pa.string(), nullable=False),
         pa.field(LICENSE, pa.string()),
+        pa.field(SOURCE, pa.string()),
     ]
 )
 """candidates/{subset}/part-NNNNN.parquet and unique/{subset}/part-NNNNN.parquet."""
@@ -121,7 +133,8 @@ IMAGES_SCHEMA = pa.schema(
     ]
 )
 """images/{subset}/NNNNN.parquet: the input columns, `caption` (= text, img2dataset's name),
-img2dataset's result columns, and our drop `reason`."""
+img2dataset's result columns, and our drop `reason`; then a URL list's own columns, when the run
+read lists (`extra_columns.py`: under their own names, `source_` before one of ours)."""
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 """Tar member extensions that hold a sample's image (download writes one of them)."""
@@ -176,4 +189,5 @@ DATASET_SCHEMA = pa.schema(
         pa.field("subset", pa.string()),
     ]
 )
-"""dataset/{name}/NNNNN.parquet: LAION-5B's columns first, then ours."""
+"""dataset/{name}/NNNNN.parquet: LAION-5B's columns first, then ours; then a URL list's own columns,
+when the run read lists (`extra_columns.py`)."""

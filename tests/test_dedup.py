@@ -27,7 +27,7 @@ def wf_of(**dedup_cfg):
 def row(uid, url, text="a caption", subset="en", page="http://page.example/", language=None, score=None, license=None):
     lang = language or {"en": "en", "multi": "de", "nolang": None}[subset]
     return {"uid": uid, "url": url, "text": text, "page_url": page, "language": lang,
-            "language_score": score if score is not None else 0.75, "subset": subset, "license": license}
+            "language_score": score if score is not None else 0.75, "subset": subset, "license": license, "source": None}
 
 
 def write_candidates(out: Path, subset: str, index: int, rows: list[dict], schema=CANDIDATE_SCHEMA) -> str:

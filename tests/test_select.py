@@ -234,7 +234,12 @@ def test_run_on_dask_reruns_only_what_a_threshold_changes(tmp_path, dask_client)
     # a higher EN threshold: EN shards redone (now fewer), MULTI untouched, stale EN shards gone
     stricter = select.run(str(tmp_path), wf_of(samples_per_shard=5, similarity={"en": 0.30, "multi": 0.26, "nolang": 0.26}), dask_client)
     assert stricter.kept == {"en": 6, "multi": 1} and stricter.skipped == 2  # multi + nolang
-    assert sorted(p.name for p in (tmp_path / "dataset/en").iterdir()) == ["00000.parquet", "00000.tar", "00001.parquet", "00001.tar", "_recipe.json"]
+    assert sorted(p.name for p in (tmp_path / "dataset/en").iterdir()) == [
+        "00000.parquet", "00000.tar", "00001.parquet", "00001.tar", "_recipe.json", "sizes.json"]
+    # open_clip's per-folder sizes: each tar's samples, counted here from the tars themselves
+    with tarfile.open(tmp_path / "dataset/en/00000.tar") as a, tarfile.open(tmp_path / "dataset/en/00001.tar") as b:
+        counted = {"00000.tar": sum(m.name.endswith(".txt") for m in a), "00001.tar": sum(m.name.endswith(".txt") for m in b)}
+    assert orjson.loads((tmp_path / "dataset/en/sizes.json").read_bytes()) == counted == {"00000.tar": 5, "00001.tar": 1}
     status = stage_status(str(tmp_path), "select")
     assert status["pending"] == [] and "en-00002" not in status["done"] and not status["failed"]
     summary = orjson.loads((tmp_path / "dataset/en/_recipe.json").read_bytes())

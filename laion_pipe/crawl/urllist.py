@@ -1,0 +1,505 @@
+"""URL lists, img2dataset's inputs: parquet, CSV, TSV, JSON lines and plain text (one URL a line),
+plain or gzip, anywhere fsspec reads. The format is taken from the content, as for WAT/WARC files:
+
+- parquet: the `PAR1` magic;
+- JSON lines: the first line is a JSON object;
+- TSV: the first line holds a tab; CSV: it holds several comma-separated fields; text: every line
+  is one URL (a line of URLs that all hold a comma reads as CSV);
+- a CSV or TSV whose first row holds a URL has no header (CC3M and CC12M's TSV): its columns are
+  named by content, `url` (the one holding URLs), `caption` (the other one of two) or `colN`.
+
+A file that is none of these (`describe` returns None) is left to the WARC reader, whose error
+then names every format it tried. Nothing is held whole: a parquet list is read row group by row
+group, the others as streams, in batches.
+
+A list of any size is cut into partitions (`ranges`): a parquet file into runs of whole row groups
+(`partition_rows`), a plain text file into byte ranges (`partition_bytes`) that start at a record
+boundary, a gzip file not at all (it cannot be entered in the middle). A CSV/TSV boundary is
+chosen where the records that follow parse with the header's number of fields, so a newline
+inside a quoted caption is not taken for one; and each range checks, when it ends, that its last
+record ended exactly there: a boundary that was inside a quoted field fails the partition before
+it with a message saying so, never a silently split or doubled row.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import itertools
+import re
+import sys
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import IO, Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import fsio
+
+FORMATS = ("parquet", "csv", "tsv", "jsonl", "text")
+HEAD_BYTES = 1 << 16
+SAMPLE_LINES = 50
+_URL = re.compile(r"^\s*https?://\S", re.IGNORECASE)
+_NAME = re.compile(r"^\s*[A-Za-z_][\w .-]*\s*$")  # a column name, not a URL or other data
+_BOUNDARY_WINDOW = 1 << 20
+_BOUNDARY_RECORDS = 16
+_SENTINEL = "\x00laion-pipe-end-of-range\x00"
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a 50 MB caption is a bad record, not a crash
+
+
+def looks_like_url(value: Any) -> bool:
+    return isinstance(value, str) and bool(_URL.match(value))
+
+
+@dataclass(frozen=True)
+class ListLayout:
+    """What `describe` found: the format and the columns a list has."""
+
+    path: str
+    format: str
+    gzip: bool
+    columns: tuple[str, ...]
+    size: int
+    header: bool = True  # CSV/TSV: the first row names the columns
+    row_groups: tuple[int, ...] = ()  # parquet: rows per row group
+
+    @property
+    def delimiter(self) -> str:
+        return "\t" if self.format == "tsv" else ","
+
+    @property
+    def rows(self) -> int | None:
+        return sum(self.row_groups) if self.format == "parquet" else None
+
+    def describe(self) -> str:
+        extra = f", {len(self.row_groups)} row groups, {self.rows:,} rows" if self.format == "parquet" else ""
+        return f"{self.format}{' (gzip)' if self.gzip else ''}{'' if self.header else ' without header'}{extra}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """One partition of a list: row groups [start, stop) of a parquet file, or bytes [start, stop)
+    of a text file (stop None: to the end), starting at a record boundary."""
+
+    start: int
+    stop: int | None
+    last: bool  # the range that ends the file
+
+    def as_param(self) -> tuple[int, int | None, bool]:
+        return (self.start, self.stop, self.last)
+
+
+# --- telling formats apart ----------------------------------------------------------------------------
+
+
+def _head(f: IO[bytes]) -> tuple[bytes, bool, bool]:
+    """(first bytes of the content, gzip?, the whole content?)."""
+    raw = f.read(HEAD_BYTES)
+    if raw[:2] != b"\x1f\x8b":
+        return raw, False, len(raw) < HEAD_BYTES
+    d = zlib.decompressobj(31)
+    try:
+        out = d.decompress(raw, HEAD_BYTES)
+    except zlib.error:
+        return b"", True, False
+    return out, True, d.eof and len(raw) < HEAD_BYTES and not d.unconsumed_tail
+
+
+def _text_lines(data: bytes, complete: bool) -> list[str]:
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    parts = data.split(b"\n")
+    if not complete:
+        parts = parts[:-1]  # a line cut by the end of the sample
+    lines = [p.decode("utf-8", "replace").rstrip("\r") for p in parts]
+    return [ln for ln in lines if ln.strip()][:SAMPLE_LINES]
+
+
+def _csv_row(line: str, delimiter: str) -> list[str]:
+    return next(csv.reader([line], delimiter=delimiter), [])
+
+
+def _named_by_content(first: list[str]) -> tuple[str, ...]:
+    """Column names for a CSV/TSV without a header row, from its first row."""
+    names = [f"col{i}" for i in range(len(first))]
+    url_at = next((i for i, v in enumerate(first) if looks_like_url(v)), None)
+    if url_at is not None:
+        names[url_at] = "url"
+        if len(first) == 2:
+            names[1 - url_at] = "caption"
+    return tuple(names)
+
+
+def sniff(data: bytes, complete: bool) -> tuple[str, tuple[str, ...], bool] | None:
+    """(format, columns, has a header) of a text list from its first bytes, or None."""
+    if data.lstrip()[:5] == b"WARC/":
+        return None
+    lines = _text_lines(data, complete)
+    if not lines:
+        return None
+    first = lines[0].lstrip("\ufeff")
+    if first.lstrip().startswith("{"):
+        keys: dict[str, None] = {}
+        for ln in lines:
+            try:
+                obj = orjson.loads(ln)
+            except orjson.JSONDecodeError:
+                return None if ln is lines[0] else ("jsonl", tuple(keys), True)
+            if not isinstance(obj, dict):
+                return None
+            keys.update(dict.fromkeys(obj))
+        return "jsonl", tuple(keys), True
+    if "\t" in first:
+        row = _csv_row(first, "\t")
+        header = not any(looks_like_url(v) for v in row)
+        return "tsv", (tuple(row) if header else _named_by_content(row)), header
+    single = all(len(ln.split()) == 1 for ln in lines)
+    rest = lines[1:]
+    if single and _NAME.match(first) and rest and any(looks_like_url(ln) for ln in rest):
+        return "csv", (first.strip(),), True  # one column with a header: "url", then URLs
+    if single and any(looks_like_url(ln) for ln in lines) and not all("," in ln for ln in lines):
+        return "text", ("url",), False
+    row = _csv_row(first, ",")
+    if len(row) >= 2:
+        header = not any(looks_like_url(v) for v in row)
+        return "csv", (tuple(row) if header else _named_by_content(row)), header
+    return None
+
+
+def might_be_list(path: str) -> bool:
+    """False for names that are crawl files (Common Crawl's own, *.warc / *.wat / *.arc, gzip or
+    not): they are not opened to be told apart, which saves a request per file of a crawl."""
+    name = path.rpartition("/")[2].lower()
+    if "/crawl-data/CC-MAIN-" in path:
+        return False
+    return not re.search(r"\.(warc|wat|wet|arc)(\.gz)?$", name)
+
+
+def describe(path: str) -> ListLayout | None:
+    """The layout of a URL list, or None when `path` is not one (a WAT/WARC file, or nothing we
+    read: the WARC reader then reports it). A file that cannot be opened is None too: reading
+    it fails its partition with the real error."""
+    if not might_be_list(path):
+        return None
+    try:
+        identity = fsio.fingerprint_of(path)
+    except Exception:  # noqa: BLE001 - unreadable: the partition reports it
+        return None
+    return _describe(path, identity)
+
+
+@lru_cache(maxsize=1024)
+def _describe(path: str, identity: str) -> ListLayout | None:
+    fs, p = fsio.fs_and_path(path)
+    try:
+        with fs.open(p, "rb") as f:
+            size = int(fs.size(p) or 0)
+            if f.read(4) == b"PAR1":
+                f.seek(0)
+                md = pq.ParquetFile(f).metadata
+                schema = md.schema.to_arrow_schema()
+                return ListLayout(path, "parquet", False, tuple(schema.names), size,
+                                  row_groups=tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)))
+            f.seek(0)
+            data, gz, complete = _head(f)
+    except Exception:  # noqa: BLE001
+        return None
+    found = sniff(data, complete)
+    if found is None:
+        return None
+    fmt, columns, header = found
+    return ListLayout(path, fmt, gz, columns, size, header=header)
+
+
+def arrow_schema(layout: ListLayout) -> pa.Schema:
+    """The list's columns with their types (text formats: strings; JSON lines: unknown, null)."""
+    if layout.format == "parquet":
+        return _parquet_schema(layout.path)
+    t = pa.null() if layout.format == "jsonl" else pa.string()
+    return pa.schema([pa.field(c, t) for c in layout.columns])
+
+
+def _parquet_schema(path: str) -> pa.Schema:
+    fs, p = fsio.fs_and_path(path)
+    with fs.open(p, "rb") as f:
+        return pq.read_schema(f)
+
+
+# --- partitions -----------------------------------------------------------------------------------
+
+
+def ranges(layout: ListLayout, partition_rows: int, partition_bytes: int) -> list[Range]:
+    """The partitions of a list (see the module docstring). Cached per file identity."""
+    return list(_ranges(layout, partition_rows, partition_bytes))
+
+
+@lru_cache(maxsize=1024)
+def _ranges(layout: ListLayout, partition_rows: int, partition_bytes: int) -> tuple[Range, ...]:
+    if layout.format == "parquet":
+        out: list[tuple[int, int]] = []
+        start, rows = 0, 0
+        for i, n in enumerate(layout.row_groups):
+            if i > start and rows + n > partition_rows:
+                out.append((start, i))
+                start, rows = i, 0
+            rows += n
+        if start < len(layout.row_groups) or not out:
+            out.append((start, len(layout.row_groups)))
+        return tuple(Range(a, b, i == len(out) - 1) for i, (a, b) in enumerate(out))
+    if layout.gzip or not partition_bytes or layout.size <= partition_bytes:
+        return (Range(0, None, True),)
+    fs, p = fsio.fs_and_path(layout.path)
+    starts = [0]
+    with fs.open(p, "rb") as f:
+        for nominal in range(partition_bytes, layout.size, partition_bytes):
+            b = record_start(f, nominal, layout)
+            if b is not None and b > starts[-1] and b < layout.size:
+                starts.append(b)
+    bounds = starts + [None]
+    return tuple(Range(a, b, b is None) for a, b in zip(bounds[:-1], bounds[1:]))  # type: ignore[arg-type]
+
+
+def record_start(f: IO[bytes], offset: int, layout: ListLayout) -> int | None:
+    """The first record boundary at or after `offset` (None: none before the end of the file).
+    A line start for text and JSON lines; for CSV/TSV, the first line start from which the next
+    records parse with the header's number of fields (a line start inside a quoted caption
+    gives them another count). Whether it really is one is checked when the ranges are read."""
+    f.seek(max(offset - 1, 0))
+    window = f.read(_BOUNDARY_WINDOW)
+    if not window:
+        return None
+    at_end = len(window) < _BOUNDARY_WINDOW
+    starts = [m.end() for m in re.finditer(b"\n", window)]
+    if offset == 0:
+        starts.insert(0, 0)
+    base = max(offset - 1, 0)
+    if layout.format not in ("csv", "tsv"):
+        return base + starts[0] if starts else None
+    ncols = len(layout.columns)
+    for s in starts[:256]:
+        text = window[s:].decode("utf-8", "replace")
+        lines = text.splitlines(keepends=True)
+        if not at_end:
+            lines = lines[:-1]  # the last line may be cut by the window
+        records = list(itertools.islice(csv.reader(lines, delimiter=layout.delimiter), _BOUNDARY_RECORDS + 1))
+        if not at_end:
+            records = records[:-1]  # the last record may run past the window
+        records = [r for r in records if r]
+        if not records and not at_end:
+            continue
+        if all(len(r) == ncols for r in records):
+            return base + s
+    return base + starts[0] if starts else None
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+_decode_errors = threading.local()
+
+
+def _count_invalid(e: UnicodeDecodeError) -> tuple[str, int]:
+    _decode_errors.n = getattr(_decode_errors, "n", 0) + 1
+    return "\ufffd", e.end
+
+
+codecs.register_error("laion_pipe_count_invalid", _count_invalid)
+DECODE_ERRORS = "laion_pipe_count_invalid"
+"""A codec error handler: invalid UTF-8 becomes U+FFFD, and `invalid_utf8()` counts it."""
+
+
+def invalid_utf8(reset: bool = True) -> int:
+    """Invalid UTF-8 sequences replaced on this thread since the last reset."""
+    n = getattr(_decode_errors, "n", 0)
+    if reset:
+        _decode_errors.n = 0
+    return n
+
+
+def as_text(v: Any) -> Any:
+    """Binary values (a parquet binary column) as text, invalid bytes replaced and counted."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v).decode("utf-8", DECODE_ERRORS)
+    return v
+
+
+class _RangeReader(io.RawIOBase):
+    """Bytes [start, stop) of an open file, as a stream."""
+
+    def __init__(self, f: IO[bytes], start: int, stop: int | None):
+        self.f, self.pos, self.stop = f, start, stop
+        f.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        want = len(b) if self.stop is None else min(len(b), self.stop - self.pos)
+        if want <= 0:
+            return 0
+        data = self.f.read(want)
+        n = len(data)
+        b[:n] = data
+        self.pos += n
+        return n
+
+
+class BoundaryError(ValueError):
+    """A CSV/TSV range boundary fell inside a quoted field: the partition fails with this."""
+
+
+@dataclass
+class BadRow:
+    """A row that could not be read (noted in the manifest, not kept)."""
+
+    kind: str
+    message: str
+    offset: int | None = None
+
+
+@dataclass
+class Batch:
+    """Rows of a list as column lists (`columns[name][i]`), plus the rows that could not be read.
+    JSON lines rows may hold keys beyond the sampled columns: `extra[i]` has them."""
+
+    columns: dict[str, list[Any]]
+    n: int
+    bad: list[BadRow] = field(default_factory=list)
+    extra: list[dict] | None = None
+
+
+def read(path: str, layout: ListLayout, rng: Range, columns: list[str], batch_rows: int) -> Iterator[Batch]:
+    """The rows of one range of a list, `batch_rows` at a time, as the named columns (None where
+    a row lacks one). Text arrives decoded, invalid UTF-8 replaced (`invalid_utf8()` counts it)."""
+    fs, p = fsio.fs_and_path(path)
+    with fs.open(p, "rb") as f:
+        if layout.format == "parquet":
+            yield from _read_parquet(f, rng, columns, batch_rows)
+            return
+        raw: IO[bytes] = f
+        if layout.gzip:
+            import gzip
+
+            raw = gzip.GzipFile(fileobj=f)
+            stream: IO[bytes] = io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type]
+        else:
+            stream = io.BufferedReader(_RangeReader(f, rng.start, rng.stop), 1 << 20)
+        if layout.format in ("csv", "tsv"):
+            yield from _read_csv(stream, layout, rng, columns, batch_rows)
+        elif layout.format == "jsonl":
+            yield from _read_jsonl(stream, layout, rng, columns, batch_rows)
+        else:
+            yield from _read_text(stream, rng, batch_rows)
+
+
+def _read_parquet(f: IO[bytes], rng: Range, columns: list[str], batch_rows: int) -> Iterator[Batch]:
+    pf = pq.ParquetFile(f)
+    groups = list(range(rng.start, rng.stop or pf.metadata.num_row_groups))
+    if not groups:
+        return
+    for rb in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=columns, use_threads=False):
+        yield Batch({c: rb.column(c).to_pylist() for c in columns}, rb.num_rows)
+
+
+def _skip_bom(stream: IO[bytes], rng: Range) -> None:
+    if rng.start == 0 and stream.peek(3)[:3] == codecs.BOM_UTF8:  # type: ignore[attr-defined]
+        stream.read(3)
+
+
+def _read_csv(stream: IO[bytes], layout: ListLayout, rng: Range, columns: list[str], batch_rows: int) -> Iterator[Batch]:
+    _skip_bom(stream, rng)
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors=DECODE_ERRORS, newline="")
+    reader = csv.reader(itertools.chain(text, ["\n", _SENTINEL]), delimiter=layout.delimiter)
+    index = [layout.columns.index(c) for c in columns]
+    ncols = len(layout.columns)
+    cols: dict[str, list[Any]] = {c: [] for c in columns}
+    appends = [(cols[c].append, i) for c, i in zip(columns, index)]
+    bad: list[BadRow] = []
+    n = 0
+    first = rng.start == 0 and layout.header
+    row_no = 0
+    for rec in reader:
+        if not rec:
+            continue
+        if rec == [_SENTINEL]:
+            break
+        if rec[-1].endswith(_SENTINEL):
+            where = f"the record starting at row {row_no + 1} of the range from byte {rng.start}"
+            if rng.last:
+                bad.append(BadRow("truncated_record", f"{where}: a quoted field is not closed at the end of the file"))
+                break
+            raise BoundaryError(
+                f"{where} runs past the range's end at byte {rng.stop}: that partition boundary fell inside a quoted "
+                "field (a caption with a line break); set extract.lists.partition_bytes: 0 to read this file in one partition"
+            )
+        if first:
+            first = False
+            continue
+        row_no += 1
+        if len(rec) != ncols:
+            bad.append(BadRow("bad_row", f"row {row_no} of the range from byte {rng.start}: {len(rec)} fields, the header has {ncols}"))
+            continue
+        for append, i in appends:
+            append(rec[i])
+        n += 1
+        if n >= batch_rows:
+            yield Batch(cols, n, bad)
+            cols = {c: [] for c in columns}
+            appends = [(cols[c].append, i) for c, i in zip(columns, index)]
+            bad, n = [], 0
+    if n or bad:
+        yield Batch(cols, n, bad)
+
+
+def _read_jsonl(stream: IO[bytes], layout: ListLayout, rng: Range, columns: list[str], batch_rows: int) -> Iterator[Batch]:
+    _skip_bom(stream, rng)
+    wanted = set(columns)
+    cols: dict[str, list[Any]] = {c: [] for c in columns}
+    extra: list[dict] = []
+    bad: list[BadRow] = []
+    n = 0
+    offset = rng.start
+    for line in stream:
+        at = offset
+        offset += len(line)
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            try:  # invalid UTF-8 inside a string: replaced, as in the other formats
+                obj = orjson.loads(line.decode("utf-8", DECODE_ERRORS))
+            except orjson.JSONDecodeError as e:
+                bad.append(BadRow("bad_json", f"not a JSON object: {e}", None if layout.gzip else at))
+                continue
+        if not isinstance(obj, dict):
+            bad.append(BadRow("bad_json", f"a JSON {type(obj).__name__}, not an object", None if layout.gzip else at))
+            continue
+        for c in columns:
+            cols[c].append(obj.get(c))
+        extra.append({k: v for k, v in obj.items() if k not in wanted})
+        n += 1
+        if n >= batch_rows:
+            yield Batch(cols, n, bad, extra)
+            cols, extra, bad, n = {c: [] for c in columns}, [], [], 0
+    if n or bad:
+        yield Batch(cols, n, bad, extra)
+
+
+def _read_text(stream: IO[bytes], rng: Range, batch_rows: int) -> Iterator[Batch]:
+    _skip_bom(stream, rng)
+    urls: list[Any] = []
+    for line in stream:
+        url = line.decode("utf-8", DECODE_ERRORS).strip()
+        if url:
+            urls.append(url)
+            if len(urls) >= batch_rows:
+                yield Batch({"url": urls}, len(urls))
+                urls = []
+    if urls:
+        yield Batch({"url": urls}, len(urls))
