@@ -138,8 +138,8 @@ def _named_by_content(first: list[str]) -> tuple[str, ...]:
 
 def sniff(data: bytes, complete: bool) -> tuple[str, tuple[str, ...], bool] | None:
     """(format, columns, has a header) of a text list from its first bytes, or None."""
-    if data.lstrip()[:5] == b"WARC/":
-        return None
+    if data.lstrip()[:5] == b"WARC/" or b"\x00" in data:
+        return None  # a WARC file, or binary data: no text list holds NUL bytes
     lines = _text_lines(data, complete)
     if not lines:
         return None
@@ -159,12 +159,12 @@ def sniff(data: bytes, complete: bool) -> tuple[str, tuple[str, ...], bool] | No
         row = _csv_row(first, "\t")
         header = not any(looks_like_url(v) for v in row)
         return "tsv", (tuple(row) if header else _named_by_content(row)), header
-    single = all(len(ln.split()) == 1 for ln in lines)
     rest = lines[1:]
-    if single and _NAME.match(first) and rest and any(looks_like_url(ln) for ln in rest):
+    if _NAME.match(first) and len(first.split()) == 1 and rest and all(looks_like_url(ln) for ln in rest):
         return "csv", (first.strip(),), True  # one column with a header: "url", then URLs
-    if single and any(looks_like_url(ln) for ln in lines) and not all("," in ln for ln in lines):
-        return "text", ("url",), False
+    urls = sum(looks_like_url(ln) for ln in lines)
+    if urls * 2 >= len(lines) and not all("," in ln for ln in lines):
+        return "text", ("url",), False  # one URL a line (a URL may hold a space; a few lines may be bad)
     row = _csv_row(first, ",")
     if len(row) >= 2:
         header = not any(looks_like_url(v) for v in row)
@@ -256,11 +256,17 @@ def _ranges(layout: ListLayout, partition_rows: int, partition_bytes: int) -> tu
         return (Range(0, None, True),)
     fs, p = fsio.fs_and_path(layout.path)
     starts = [0]
-    with fs.open(p, "rb") as f:
-        for nominal in range(partition_bytes, layout.size, partition_bytes):
-            b = record_start(f, nominal, layout)
-            if b is not None and b > starts[-1] and b < layout.size:
-                starts.append(b)
+    try:
+        with fs.open(p, "rb") as f:
+            header_end = 0
+            if layout.header and layout.format in ("csv", "tsv"):
+                header_end = len(f.readline())  # a range holding only the header would be empty
+            for nominal in range(partition_bytes, layout.size, partition_bytes):
+                b = record_start(f, max(nominal, header_end + 1), layout)
+                if b is not None and b > max(starts[-1], header_end) and b < layout.size:
+                    starts.append(b)
+    except (OSError, ValueError):  # a server without range requests: the file can only be read from its start
+        return (Range(0, None, True),)
     bounds = starts + [None]
     return tuple(Range(a, b, b is None) for a, b in zip(bounds[:-1], bounds[1:]))  # type: ignore[arg-type]
 
@@ -282,20 +288,59 @@ def record_start(f: IO[bytes], offset: int, layout: ListLayout) -> int | None:
     if layout.format not in ("csv", "tsv"):
         return base + starts[0] if starts else None
     ncols = len(layout.columns)
+    fallback = None
     for s in starts[:256]:
-        text = window[s:].decode("utf-8", "replace")
-        lines = text.splitlines(keepends=True)
-        if not at_end:
-            lines = lines[:-1]  # the last line may be cut by the window
-        records = list(itertools.islice(csv.reader(lines, delimiter=layout.delimiter), _BOUNDARY_RECORDS + 1))
-        if not at_end:
-            records = records[:-1]  # the last record may run past the window
-        records = [r for r in records if r]
-        if not records and not at_end:
-            continue
-        if all(len(r) == ncols for r in records):
-            return base + s
+        counts, clean = scan_records(window[s:].decode("utf-8", "replace"), layout.delimiter, _BOUNDARY_RECORDS, at_end)
+        if counts and all(n == ncols for n in counts):
+            if clean:
+                return base + s
+            fallback = base + s if fallback is None else fallback
+    if fallback is not None:
+        return fallback
     return base + starts[0] if starts else None
+
+
+def scan_records(text: str, delimiter: str, max_records: int, at_end: bool) -> tuple[list[int], bool]:
+    """(fields per record, written as a CSV writer quotes?) of the first complete records of
+    `text`, read as if it started a record. A writer quotes every field holding a quote, a
+    delimiter or a line break, so from a true record start no unquoted field holds a quote and a
+    quoted one ends at a delimiter or line end; from a line start inside a quoted field, the
+    field's closing quote soon breaks that rule. (A list written without quoting, such as
+    CC3M's TSV with quotes in its captions, breaks it everywhere: it has no line breaks inside
+    fields either, so any line start is a record start there.)"""
+    counts: list[int] = []
+    clean = True
+    i, n, fields = 0, len(text), 1
+    while i < n and len(counts) < max_records:
+        if text[i] == '"':  # a quoted field
+            j = i + 1
+            while True:
+                j = text.find('"', j)
+                if j == -1:
+                    return counts, clean  # runs past the window: incomplete
+                if j + 1 < n and text[j + 1] == '"':
+                    j += 2
+                    continue
+                break
+            i = j + 1
+            if i < n and text[i] not in (delimiter, "\r", "\n"):
+                clean = False
+        k = i
+        while k < n and text[k] not in (delimiter, "\n"):
+            k += 1
+        if '"' in text[i:k]:
+            clean = False
+        if k >= n:
+            if at_end:
+                counts.append(fields)
+            return counts, clean
+        if text[k] == delimiter:
+            fields += 1
+        else:
+            counts.append(fields)
+            fields = 1
+        i = k + 1
+    return counts, clean
 
 
 # --- reading --------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ the statistics the pipeline computes.
 | duplicate  | a URL and alt already used (same or earlier page)      | `duplicate_url` at dedup (`duplicate_in_file` at extract when in the same WAT file) |
 | bad_source | `data:`, `javascript:`, `.svg`, `.gif` sources         | dropped at extract                   |
 | short      | alt text under 5 characters                            | `text_too_short` at extract          |
+
+The same pages are also written as a URL list (`list/demo-list.parquet`, `World.list_path`): one row
+per image reference with its `page_url`, `url` and `caption` (the alt text as the page wrote it),
+plus `SAMPLE_ID` and `kind` as a published list's own columns would be. A run from it gives the
+WAT run's dataset (tests/test_urllist_demo.py), with those two columns carried to every sample.
 """
 from __future__ import annotations
 
@@ -75,6 +80,7 @@ class World:
     wat_paths: list[str]
     truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, watermark, unsafe, ...
     root: Path
+    list_path: str = ""  # the same pages as a URL list (parquet)
 
     def stop(self) -> None:
         self.server.stop()
@@ -184,4 +190,23 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
         wat_paths.append(path)
     truth = pd.DataFrame(rows)
     truth.to_parquet(root / "truth.parquet")
-    return World(server=server, spec=spec, wat_paths=wat_paths, truth=truth, root=root)
+    return World(server=server, spec=spec, wat_paths=wat_paths, truth=truth, root=root, list_path=write_list(truth, root))
+
+
+def write_list(truth: pd.DataFrame, root: Path) -> str:
+    """The world's pages as a URL list in img2dataset's shape: `url`, `caption` (the alt as the
+    page wrote it), the `page_url` it was on, and two columns of its own (`SAMPLE_ID`, `kind`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "list" / "demo-list.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "SAMPLE_ID": pa.array(range(len(truth)), pa.int64()),
+        "url": truth["url"].tolist(),
+        "caption": truth["alt"].tolist(),
+        "page_url": truth["page_url"].tolist(),
+        "kind": truth["kind"].tolist(),
+    })
+    pq.write_table(table, path, row_group_size=64)
+    return str(path)

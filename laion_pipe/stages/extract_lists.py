@@ -17,6 +17,9 @@ What differs from crawl pages, and why:
 - A list's `uid` is the pair's uid (DataComp), and its `page_url` the pair's page; every other
   column travels with the pair as the `source` JSON (`extra_columns.py`), the ones a run keeps
   named by `extract.lists.save_additional_columns` (default: all).
+- A URL the list repeats is left to the global dedup (no `duplicate_in_file` here): which copy
+  survives then depends on the rows, never on where the list has them, so a list and the crawl
+  files it was made from give the same dataset.
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-import mmh3
 import pyarrow as pa
 
 from .. import extra_columns
@@ -223,13 +225,10 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
     counts = outcome.counts
     drops: Counter = Counter()
     bound_counts: Counter = Counter()
-    seen: set[int] = set()
-    dedup = cfg.dedup_in_file
     min_chars, min_words, max_chars = lc.min_text_chars, lc.min_words, lc.max_text_chars
     extras = [(c, cols.carried[c]) for c in cols.extras]
     bounds = [(b, bound_reason(b.column), str(b)) for b in cols.bounds]
     jsonl_types: dict[str, set] = defaultdict(set)
-    hash64 = mmh3.hash64
     pairs = _Pairs()
     urllist.invalid_utf8(reset=True)
     for batch in urllist.read(path, layout, rng, cols.wanted(), cfg.batch_pairs):
@@ -270,12 +269,6 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
             if min_words and len(text.split()) < min_words:
                 drops["too_few_words"] += 1
                 continue
-            if dedup:
-                h = hash64(f"{url}\x00{text}")[0]
-                if h in seen:
-                    drops["duplicate_in_file"] += 1
-                    continue
-                seen.add(h)
             page = as_text(pages[i]) if pages is not None else None
             page = page if isinstance(page, str) and page else None
             uid = as_text(uids[i]) if uids is not None else None
