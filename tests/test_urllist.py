@@ -447,3 +447,45 @@ def test_lists_on_s3_with_globs_and_byte_ranges(s3_endpoint, tmp_path):
     rows, manifests = run_extract(tmp_path / "run", ["s3://lists/in/*.data"], "extract.lists.partition_bytes=150")
     assert len(manifests) > 3, "the TSV on S3 is read in byte ranges"
     assert pairs(rows) == sorted((EXPECTED + [("http://img.example/d.jpg", INVALID_AS, "multi")]) * 3)
+
+
+# --- the shipped workflows ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["relaion2b-en", "cc12m", "datacomp"])
+def test_shipped_list_workflows_read_lists_of_their_shape(tmp_path, name):
+    """Each workflow on a two-row list with its source's columns (as their cards describe them)."""
+    from laion_pipe.config import load_workflow
+
+    urls = ["http://img.example/1.jpg", "http://img.example/2.jpg"]
+    if name == "relaion2b-en":
+        path = tmp_path / "part-00000.parquet"
+        pq.write_table(pa.table({"url": urls, "caption": ["a cat", "a dog"], "similarity": [0.31, 0.33],
+                                 "hash": pa.array([11, 12], pa.int64()), "punsafe": [0.01, 0.02], "pwatermark": [0.1, 0.2],
+                                 "original_width": [800, 900], "original_height": [600, 700], "key": ["000000000", "000000001"],
+                                 "status": ["success"] * 2, "sha256": ["ab", "cd"]}), path)
+    elif name == "cc12m":
+        path = tmp_path / "cc12m.tsv"
+        path.write_text(f"{urls[0]}\ta cat on a <PERSON>'s lap\n{urls[1]}\ta dog\n")
+    else:
+        path = tmp_path / "0000.parquet"
+        pq.write_table(pa.table({"uid": ["00000c7d0e8d4c2b9e7d0b5f6f9a1e2d", "00001f2e3d4c5b6a79881726354453627"],
+                                 "url": urls, "text": ["a cat", "a dog"], "original_width": [640, 512],
+                                 "original_height": [480, 512], "clip_b32_similarity_score": [0.3, 0.25],
+                                 "clip_l14_similarity_score": [0.28, 0.2], "face_bboxes": [[[0.1, 0.1, 0.2, 0.2]], []],
+                                 "sha256": ["ab", "cd"]}), path)
+    wf = load_workflow(REPO / "workflows" / f"{name}.yaml", [f"inputs=[{path}]", "runner.progress=false"])
+    rows, (m,) = run_extract(tmp_path / "run", list(wf.inputs), *[f"extract.lists.{k}={json.dumps(v)}" for k, v in
+                                                                   wf.extract.lists.model_dump().items()])
+    assert sorted(r["url"] for r in rows) == urls
+    carried = [orjson.loads(r["source"]) if r["source"] else None for r in rows]
+    if name == "relaion2b-en":
+        assert {r["subset"] for r in rows} == {"en"} and carried[0]["source_hash"] in (11, 12)
+        assert set(carried[0]) == {"source_similarity", "source_hash", "source_punsafe", "source_pwatermark",
+                                   "source_original_width", "source_original_height", "source_key", "source_status", "source_sha256"}
+    elif name == "cc12m":
+        assert sorted(r["text"] for r in rows) == ["a cat on a <PERSON>'s lap", "a dog"] and carried == [None, None]
+        assert {r["subset"] for r in rows} == {"en"}
+    else:
+        assert sorted(r["uid"] for r in rows) == ["00000c7d0e8d4c2b9e7d0b5f6f9a1e2d", "00001f2e3d4c5b6a79881726354453627"]
+        assert "face_bboxes" in carried[0] and "source_sha256" in carried[0]
