@@ -197,7 +197,8 @@ def _flush(p: _Pairs, lid, english: tuple[str, ...], write) -> None:
         score_arr = pa.array(scores, pa.float32())
     else:
         langs = [None if v is None else str(v).strip() for v in p.langs]
-        subsets = [subset_of(v, english) for v in langs]
+        known: dict[str | None, str] = {}  # a list has few distinct codes
+        subsets = [known[v] if v in known else known.setdefault(v, subset_of(v, english)) for v in langs]
         score_arr = pa.nulls(len(p), pa.float32())
     write({
         "uid": p.uids, "url": p.urls, "text": p.texts, "page_url": p.pages, "language": langs,
@@ -250,7 +251,9 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
                     drops[failed[0]] += 1
                     bound_counts[failed[1]] += 1
                     continue
-            src = as_text(urls[i])
+            src = urls[i]
+            if type(src) is not str:
+                src = as_text(src)
             if not isinstance(src, str) or not src.strip():
                 drops["bad_url"] += 1
                 continue
@@ -258,8 +261,10 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
             if why is not None:
                 drops[why] += 1
                 continue
-            raw = as_text(caps[i]) if caps is not None else None
-            raw = "" if raw is None else raw if isinstance(raw, str) else str(raw)
+            raw = caps[i] if caps is not None else ""
+            if type(raw) is not str:
+                raw = as_text(raw)
+                raw = "" if raw is None else raw if isinstance(raw, str) else str(raw)
             text = clean_text(raw, max_chars or 10**9) if lc.clean_text else " ".join(raw.split())
             if max_chars and len(text) > max_chars:
                 text = text[:max_chars].rstrip()
