@@ -288,3 +288,22 @@ def test_dedup_bucket_files_grow_with_the_square_of_the_input() -> None:
     ten_times = estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg)
     assert ten_times.dedup_bucket_files == pytest.approx(30 * 2 * 60)  # 10x the input, 100x the files
     assert cluster_for(ten_times, 1).shuffle_files == pytest.approx(3_600)
+
+
+def test_url_lists_are_counted_by_their_rows(tmp_path):
+    """A URL list is no WAT file: it counts as its rows' worth of unique pairs, said so."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    costs = injected()
+    pairs_per_wat = costs["extract.unique_pairs_per_wat"].value
+    pq.write_table(pa.table({"url": [f"http://img.example/{i}.jpg" for i in range(5000)], "caption": ["a photo"] * 5000}),
+                   tmp_path / "list.parquet")
+    text = "".join(f"http://img.example/{i:06d}.jpg\ta photo of a thing\n" for i in range(20000))
+    (tmp_path / "list.tsv.gz").write_bytes(gzip.compress(text.encode()))
+    counted = count_inputs([str(tmp_path / "list.parquet"), str(tmp_path / "list.tsv.gz")], costs)
+    assert counted.files == 2
+    assert counted.wat_equivalents == pytest.approx((5000 + 20000) / pairs_per_wat, rel=0.05)
+    assert any("a URL list of about 5.00k rows" in n for n in counted.notes)

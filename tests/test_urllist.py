@@ -281,13 +281,19 @@ def test_captions_arrive_as_written_unless_cleaning_is_asked_for(tmp_path):
 def test_a_list_repeating_urls_keeps_one_at_dedup(tmp_path, dask_client):
     from laion_pipe.pipeline import run_stages
 
+    from laion_pipe.stats.funnel import compute_funnel
+
     p = tmp_path / "repeats.csv"
-    p.write_text("url,caption\n" + "".join(f"http://img.example/{i % 3}.jpg,caption number {i}\n" for i in range(9)))
-    wf = wf_of("extract.lists.language=en").model_copy(update={"inputs": [str(p)]})
+    p.write_text("url,caption,NSFW\n" + "".join(f"http://img.example/{i % 3}.jpg,caption number {i},UNLIKELY\n" for i in range(9))
+                 + "http://img.example/9.jpg,an unsafe one,NSFW\n")
+    wf = wf_of("extract.lists.language=en", "extract.lists.bounds=['NSFW != NSFW']").model_copy(update={"inputs": [str(p)]})
     out = tmp_path / "run"
     reports = run_stages(wf, str(out), ["extract", "dedup"], dask_client)
     assert reports[0].kept == {"en": 9}, "extract leaves repeats to the global dedup"
     assert reports[1].kept == {"en": 3} and reports[1].drops == {"en": {"duplicate_url": 6}}
+    funnel = {f.stage: f for f in compute_funnel(str(out), dask_client)}
+    assert funnel["extract"].drops == {"*": {"published_unsafe": 1}}, "the pre-download bound is in the funnel"
+    assert funnel["dedup"].drops == {"en": {"duplicate_url": 6}}
     unique = [r for f in sorted((out / "unique" / "en").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert sorted(r["url"] for r in unique) == [f"http://img.example/{i}.jpg" for i in range(3)]
 
