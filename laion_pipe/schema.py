@@ -6,6 +6,7 @@ live inside its folder is `shards.py`'s; which stages exist is `stages/registry.
 """
 from __future__ import annotations
 
+import mmh3
 import pyarrow as pa
 
 from .stages.registry import FUNNEL_STAGES, ORDER, PIPELINE, STAGE_DIRS  # noqa: F401 - derived from the stage table
@@ -91,6 +92,14 @@ UID, URL, TEXT, PAGE_URL, LANGUAGE, LANGUAGE_SCORE, SUBSET = (
     "subset",
 )
 LICENSE = "license"
+
+
+def pair_uid(page_url: str, url: str, text: str) -> str:
+    """The `uid` extract gives a pair found on a page (or in a list without its own uid): stable,
+    so reruns and other machines give the same uid."""
+    return format(mmh3.hash128(f"{page_url}\x00{url}\x00{text}", signed=False), "032x")
+
+
 SOURCE = "source"
 """A URL list's other columns, as one JSON object per pair (null for crawl pairs): how they travel
 through dedup to download and select, which expand them (`extra_columns.py`)."""

@@ -23,7 +23,7 @@ import pytest
 
 from laion_pipe import extra_columns
 from laion_pipe.config import ConfigError, workflow_from_dict
-from laion_pipe.crawl import urllist
+from laion_pipe.crawl import listread, urllist
 from laion_pipe.runner import write_manifest
 from laion_pipe.schema import SUBSETS
 from laion_pipe.stages import extract
@@ -391,11 +391,11 @@ def test_a_range_ending_inside_a_quoted_field_fails_loudly(tmp_path):
     layout = urllist.describe(str(p))
     inside = data.index(b"fake")  # a line start that parses as a record of two fields, inside quotes
     cols = ["url", "caption"]
-    with pytest.raises(urllist.BoundaryError, match="fell inside a quoted field.*partition_bytes: 0"):
-        list(urllist.read(str(p), layout, urllist.Range(0, inside, False), cols, 100))
-    (batch,) = list(urllist.read(str(p), layout, urllist.Range(0, inside, True), cols, 100))
+    with pytest.raises(listread.BoundaryError, match="fell inside a quoted field.*partition_bytes: 0"):
+        list(listread.read(str(p), layout, urllist.Range(0, inside, False), cols, 100))
+    (batch,) = list(listread.read(str(p), layout, urllist.Range(0, inside, True), cols, 100))
     assert batch.n == 0 and batch.bad[0].kind == "truncated_record"  # at a file's real end: one bad record
-    whole = list(urllist.read(str(p), layout, urllist.Range(0, None, True), cols, 100))
+    whole = list(listread.read(str(p), layout, urllist.Range(0, None, True), cols, 100))
     assert whole[0].columns["caption"] == ["first line\nfake,second", "plain"]
 
 

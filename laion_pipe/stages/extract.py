@@ -34,7 +34,7 @@ from ..crawl.stream import ReadError
 from ..lang import LanguageID
 from ..rules import PairRules, clean_text, page_base, resolve_url, text_reason
 from ..runner import Outcome, Partition, StageReport
-from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSETS
+from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSETS, pair_uid  # noqa: F401 - pair_uid: extract's uid, also for lists
 
 NAME = "extract"
 VERSION = 2  # 2: NFD text whose mojibake shows once normalized is repaired as ftfy does
@@ -50,11 +50,6 @@ _CACHE_TEXT_CHARS = 256
 def output_path(key: str, subset: str) -> str:
     """Path of a partition's output, relative to the run directory."""
     return f"{STAGE_DIRS[NAME]}/{subset}/{key}.parquet"
-
-
-def pair_uid(page_url: str, url: str, text: str) -> str:
-    """A stable id for a pair on a page: reruns and other machines give the same uid."""
-    return format(mmh3.hash128(f"{page_url}\x00{url}\x00{text}", signed=False), "032x")
 
 
 def _config_identity(wf) -> dict:

@@ -33,10 +33,12 @@ import pyarrow as pa
 from .. import extra_columns
 from ..config import ConfigError
 from ..config.extract import Bound
-from ..crawl import urllist
-from ..crawl.urllist import ListLayout, Range, as_text
+from ..crawl import listread, urllist
+from ..crawl.listread import as_text
+from ..crawl.urllist import ListLayout, Range
 from ..rules import PairRules, clean_text, resolve_url
 from ..runner import Outcome, Partition
+from ..schema import pair_uid
 
 URL_NAMES = ("URL", "url")
 CAPTION_NAMES = ("TEXT", "caption", "txt", "text")
@@ -210,8 +212,6 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
     """Extract one range of a URL list: `write(columns)` receives each batch of kept pairs in
     CANDIDATE_SCHEMA's columns; `lid_factory()` gives the language ID when the list has no
     language. Counts, drops and bad rows go to `outcome`."""
-    from .extract import pair_uid
-
     cfg, lc = wf.extract, wf.extract.lists
     path = part.inputs[0]
     layout = urllist.describe(path)
@@ -231,8 +231,8 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
     bounds = [(b, bound_reason(b.column), str(b)) for b in cols.bounds]
     jsonl_types: dict[str, set] = defaultdict(set)
     pairs = _Pairs()
-    urllist.invalid_utf8(reset=True)
-    for batch in urllist.read(path, layout, rng, cols.wanted(), cfg.batch_pairs):
+    listread.invalid_utf8(reset=True)
+    for batch in listread.read(path, layout, rng, cols.wanted(), cfg.batch_pairs):
         for bad in batch.bad:
             outcome.error(bad.kind, bad.message, bad.offset)
         n = batch.n
@@ -299,7 +299,7 @@ def process(part: Partition, out: str, wf: Any, outcome: Outcome, write, lid_fac
         outcome.drop(reason, n=k)
     for label, k in bound_counts.items():
         counts[f"bound[{label}]"] += k
-    bad_utf8 = urllist.invalid_utf8(reset=True)
+    bad_utf8 = listread.invalid_utf8(reset=True)
     if bad_utf8:
         outcome.error("invalid_utf8", f"{bad_utf8} invalid UTF-8 sequence(s) replaced by U+FFFD")
     schema = _carried_schema(layout, cols, jsonl_types)
