@@ -91,6 +91,21 @@ def image_set(n: int, cache: Path) -> tuple[dict[str, bytes], Path]:
     return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jpg"))}, folder
 
 
+def record_dedup(run_dir: Path) -> None:
+    """Record the hand-written unique/ parts as the dedup stage's done partitions: download reads
+    its upstream's current plan, never a folder listing."""
+    from laion_pipe import fsio, runner
+
+    out = str(run_dir)
+    parts = []
+    for path in sorted((run_dir / "unique" / "en").glob("part-*.parquet")):
+        rel = f"unique/en/{path.name}"
+        parts.append(runner.Partition(f"en-{path.stem}", (), runner.fingerprint(rel, fsio.fingerprint_of(str(path)))))
+        runner.write_manifest(out, "dedup", parts[-1].key, fingerprint=parts[-1].fingerprint, inputs=[],
+                              outcome=runner.Outcome(outputs=[rel]))
+    runner.write_plan(out, "dedup", parts)
+
+
 # ---------------------------------------------------------------- servers
 
 
@@ -372,6 +387,7 @@ def main() -> int:
                     ),
                     part,
                 )
+            record_dedup(run_dir)
 
             env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
             i2d_out = work / "i2d_out"
@@ -411,6 +427,7 @@ def main() -> int:
                 for side, (name, cmd, stats_glob, out_dir) in enumerate(sides):
                     shutil.rmtree(out_dir, ignore_errors=True)
                     shutil.rmtree(run_dir / "_state", ignore_errors=True)
+                    record_dedup(run_dir)
                     log = work / f"side{side}.log"
                     load_before = os.getloadavg()[0]
                     wall, peak, rc, cpu = run_measured(cmd, env, log)

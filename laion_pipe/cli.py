@@ -1,8 +1,8 @@
 """The `laion-pipe` command: one function per kind of subcommand, nothing else.
 
 The stage subcommands (`laion-pipe dedup --out DIR`, ...) are built from the stage table
-(`stages/registry.py`) and share one handler; `run`, `stats`, `demo`, `clean` and `status` have
-their own.
+(`stages/registry.py`) and share one handler; `run`, `stats`, `demo`, `clean`, `models`, `status` and
+`serve` (not a stage: a web page over a run) have their own.
 
 Exit codes: 0 complete; 1 the run is incomplete (some partitions failed, see `laion-pipe status`);
 2 a usage or configuration error, reported before any work starts.
@@ -157,6 +157,20 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`laion-pipe serve RUN [--port N] [--host H]`: the search page over a run's index."""
+    from .serve import main_serve
+
+    return main_serve(args.dir, host=args.host, port=args.port)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`laion-pipe models fetch|check [WORKFLOW]`: provision and verify the scoring models' weights."""
+    from .models.provision import main_models
+
+    return main_models(args.action, args.workflow_file, args.overrides, args.cache_dir, args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laion-pipe",
@@ -224,6 +238,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR", help="a run directory")
     p.add_argument("--stage", metavar="S", help="only this stage's stale outputs and work files (default: every stage's)")
     p.set_defaults(fn=cmd_clean)
+
+    p = sub.add_parser("serve", help="a local search page over a run's images: text or image queries, filters, "
+                                     "exports as URL lists or blocklists, the report",
+                       description="Serve a web page on 127.0.0.1 to search a run directory's index (built by "
+                                   "`laion-pipe index`): a text query (the run's CLIP text tower) or an image (upload, "
+                                   "or 'more like this' on a result) shows the nearest pictures with caption, URL, subset, "
+                                   "scores and whether select kept them (or why not); filters on subset, kept/dropped and "
+                                   "score ranges; a result set exports as a URL list or as a blocklist that a rerun of "
+                                   "select applies. It also serves the run's stats/report.html.")
+    p.add_argument("dir", metavar="RUN", help="a local run directory")
+    p.add_argument("--port", type=int, default=8765, help="port (default: 8765)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1; the page has no authentication)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("models", help="download the models' weights for offline machines (fetch), or load and test them (check)",
+                       description="fetch: download every weight WORKFLOW's models need (CLIP checkpoints, NSFW / watermark / "
+                                   "aesthetic heads, tokenizer files) into the model cache, checking pinned sha256s and recording "
+                                   "them; compute nodes without internet then run from that folder. check: say which of them are "
+                                   "missing (exit 2), load every model and print what it computes on a small test picture.")
+    p.add_argument("action", choices=["fetch", "check"], help="fetch: download into the cache; check: verify and run")
+    p.add_argument("workflow_file", nargs="?", metavar="WORKFLOW.yaml", help="workflow whose models to use (default: LAION-5B's)")
+    p.add_argument("--cache-dir", metavar="DIR", help="model cache folder (default: models.cache_dir, else $LAION_PIPE_CACHE/models)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
+    p.add_argument("--device", default="auto", help="check: where to run the models (auto, cpu, cuda, cuda:1)")
+    p.set_defaults(fn=cmd_models)
 
     p = sub.add_parser("status", help="which partitions of which stage are done, failed or pending")
     p.add_argument("dir", metavar="DIR", help="a run directory")

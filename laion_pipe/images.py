@@ -35,6 +35,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from .neardup.phash import features
+
 ResizeMode = Literal["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"]
 
 _PIL_ENCODE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -84,6 +86,8 @@ class ImageResult:
     original_height: int | None = None
     reason: str | None = None
     error: str | None = None
+    phash: int | None = None  # perceptual hash of the stored pixels (neardup.phash), for near-duplicate removal
+    colour_grid: bytes | None = None  # mean colour of each quadrant of the stored pixels (neardup.phash.features)
 
     @property
     def ok(self) -> bool:
@@ -335,8 +339,10 @@ def process_image(data: bytes, spec: ImageSpec) -> ImageResult:
             im.load()
             arr = np.asarray(_to_rgb(im))
         out = resize(arr, spec, (width, height), eighths)
+        ph, colours = features(out, bgr=bgr)  # from the pixels in memory: no decode of the encoded bytes
         return ImageResult(
-            data=encode(out, spec, bgr), width=out.shape[1], height=out.shape[0], original_width=width, original_height=height
+            data=encode(out, spec, bgr), width=out.shape[1], height=out.shape[0], original_width=width, original_height=height,
+            phash=ph, colour_grid=colours,
         )
     except Image.DecompressionBombError as e:
         return _refuse("decompression_bomb", str(e))

@@ -111,7 +111,8 @@ def check_inputs(out: str, stages: Sequence[str], wf: Workflow | None = None) ->
         check = row.load_check() if wf is not None else None
         if check is not None:
             n = check(wf)
-            tasks = n if tasks is None else max(tasks, n)
+            if n is not None:  # a check that cannot tell how many partitions returns None
+                tasks = n if tasks is None else max(tasks, n)
     return tasks
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import fsio
-from .runner import LOG_DIR, StageReport, read_manifest, stage_status, stale
+from .runner import LOG_DIR, StageReport, current, read_manifest, read_plan, stage_status, stale
 from .schema import STATE_DIR
 from .stages import registry
 
@@ -54,8 +54,17 @@ def print_run_summary(reports: Sequence[StageReport], out: str, stages: Sequence
     if any(r.failed for r in reports):
         console.print(f"[red]incomplete[/red]: see `laion-pipe status {out}`; rerun to retry failed partitions")
     report_html = fsio.join(out, "stats", "report.html")
-    if show_report and fsio.exists(report_html):
+    if "stats" not in stages and stats_out_of_date(out):
+        console.print(f"[yellow]note[/yellow]: {fsio.join(out, 'stats')}/ (and report.html) describe an earlier dataset: "
+                      f"`laion-pipe stats {out}` brings them up to date")
+    elif show_report and fsio.exists(report_html):
         console.print(f"report: {report_html}")
+
+
+def stats_out_of_date(out: str) -> bool:
+    """Whether the run has statistics that no longer describe its dataset (select ran since)."""
+    plan = read_plan(out, "stats")
+    return bool(plan) and not current(out, "stats")
 
 
 def _stage_names(out: str) -> list[str]:

@@ -288,14 +288,16 @@ def plan_path(out: str, stage: str) -> str:
     return fsio.join(out, STATE_DIR, stage, PLAN_FILE)
 
 
-def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
+def write_plan(out: str, stage: str, partitions: Iterable[Partition], keep: Iterable[str] = ()) -> None:
     """Record which partitions a stage has now, with their fingerprints and the upstream
-    partitions they read: what `status` tells pending from done by, and what `current` trusts."""
+    partitions they read: what `status` tells pending from done by, and what `current` trusts.
+    `keep`: files the stage writes beside its partitions (not stale, see `stale`)."""
     fsio.write_json_atomic(
         plan_path(out, stage),
         {
             "stage": stage,
             "written": time.time(),
+            **({"keep": sorted(keep)} if keep else {}),
             "partitions": [
                 {"key": p.key, "inputs": list(p.inputs), "fingerprint": p.fingerprint,
                  **({"upstream": [list(u) for u in p.upstream]} if p.upstream else {})}
@@ -305,14 +307,18 @@ def write_plan(out: str, stage: str, partitions: Iterable[Partition]) -> None:
     )  # fmt: skip
 
 
+def _read_plan_file(out: str, stage: str) -> dict | None:
+    try:
+        return fsio.read_json(plan_path(out, stage))  # type: ignore[return-value]
+    except FileNotFoundError:
+        return None
+
+
 def read_plan(out: str, stage: str) -> list[dict] | None:
     """The partitions of `stage`'s current plan (dicts: key, inputs, fingerprint, upstream), or
     None when the stage never planned in this run directory."""
-    try:
-        plan = fsio.read_json(plan_path(out, stage))
-    except FileNotFoundError:
-        return None
-    return list(plan.get("partitions", []))  # type: ignore[union-attr]
+    plan = _read_plan_file(out, stage)
+    return None if plan is None else list(plan.get("partitions", []))
 
 
 @dataclass(frozen=True)
@@ -426,15 +432,15 @@ def _is_claimed(rel: str, claimed: set[str]) -> bool:
 
 def stale(out: str, stage: str, out_dir: str | None = None, keep: Iterable[str] = ()) -> Stale:
     """The stale manifests and output files of `stage` (see `Stale`; temporary files of killed
-    writes are `clean`'s, not counted here). `out_dir` is the stage's
-    output folder relative to `out` (None: the registry's, or none); `keep` names files the
-    stage writes beside its partitions (relative paths). A stage that never planned has none."""
+    writes are `clean`'s, not counted here). `out_dir` is the stage's output folder relative to
+    `out` (None: the registry's, or none); the files a stage writes beside its partitions are
+    claimed by its plan's `keep` (and `keep` here). A stage that never planned has none."""
     found = Stale(stage)
-    plan = read_plan(out, stage)
-    if plan is None:
+    plan_file = _read_plan_file(out, stage)
+    if plan_file is None:
         return found
-    planned = {e["key"] for e in plan}
-    claimed = set(keep)
+    planned = {e["key"] for e in plan_file.get("partitions", [])}
+    claimed = set(keep) | set(plan_file.get("keep", ()))
     keys = manifest_keys(out, stage)
     for key, m in zip(keys, _read_manifests(out, stage, keys)):
         if key in planned:
@@ -496,8 +502,8 @@ def run_stage(
     keys = [p.key for p in partitions]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{stage}: duplicate partition keys")
-    write_plan(out, stage, partitions)
-    remove_stale(out, stage, keep=keep)
+    write_plan(out, stage, partitions, keep)
+    remove_stale(out, stage)
     report = StageReport(stage=stage, planned=len(partitions))
     todo: list[Partition] = []
     runner_cfg = getattr(wf, "runner", None)

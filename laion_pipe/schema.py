@@ -78,6 +78,8 @@ DROP_REASONS: frozenset[str] = frozenset(
         "watermark",
         "low_aesthetic",
         "side_too_small",
+        "near_duplicate",  # perceptual hash within select.neardup.phash_max_distance bits of a higher-ranked image
+        "semantic_duplicate",  # CLIP image embedding within select.neardup.eps (SemDeDup) of a higher-ranked image
     }
 )
 
@@ -139,11 +141,16 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("original_height", pa.int32()),
         pa.field("sha256", pa.string()),
         pa.field("reason", pa.string()),
+        pa.field("phash", pa.int64()),
+        pa.field("colour_grid", pa.binary(12)),
     ]
 )
 """images/{subset}/NNNNN.parquet: the input columns, `caption` (= text, img2dataset's name),
-img2dataset's result columns, and our drop `reason`; then a URL list's own columns, when the run
-read lists (`extra_columns.py`: under their own names, `source_` before one of ours)."""
+img2dataset's result columns, our drop `reason`, `phash` (the stored image's 64-bit perceptual
+hash as int64, laion_pipe.neardup.phash) and `colour_grid` (the mean R, G, B of each quadrant of
+the stored image, 12 bytes, which confirms a pHash match); both null for a failed sample or a
+shard written before them; then a URL list's own columns, when the run read lists
+(`extra_columns.py`: under their own names, `source_` before one of ours)."""
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 """Tar member extensions that hold a sample's image (download writes one of them)."""
@@ -179,7 +186,7 @@ LAION_COLUMNS: tuple[str, ...] = (
     "pwatermark",
     "LANGUAGE",
 )
-DATASET_EXTRA_COLUMNS: tuple[str, ...] = ("aesthetic", "key", "uid", "subset")
+DATASET_EXTRA_COLUMNS: tuple[str, ...] = ("aesthetic", "key", "uid", "subset", "phash")
 
 DATASET_SCHEMA = pa.schema(
     [
@@ -196,7 +203,9 @@ DATASET_SCHEMA = pa.schema(
         pa.field("key", pa.string()),
         pa.field("uid", pa.string()),
         pa.field("subset", pa.string()),
+        pa.field("phash", pa.int64()),
     ]
 )
-"""dataset/{name}/NNNNN.parquet: LAION-5B's columns first, then ours; then a URL list's own columns,
-when the run read lists (`extra_columns.py`)."""
+"""dataset/{name}/NNNNN.parquet: LAION-5B's columns first, then ours (`phash`: the image's perceptual
+hash, which training's decontamination compares with evaluation images); then a URL list's own
+columns, when the run read lists (`extra_columns.py`)."""

@@ -44,7 +44,7 @@ def dask_client():
 # alone at the end while the other processes sit idle: the suite took 610 s that way, against
 # ~450 s with these first. Everything else keeps its order (the sort is stable).
 _LONGEST_FIRST = ("test_demo.py", "test_faults.py", "test_cli_e2e.py", "test_train.py", "test_train_resume.py",
-                  "test_bench_curation.py", "test_train_distributed.py", "test_evaluate_stage.py")
+                  "test_bench_curation.py", "test_train_distributed.py", "test_evaluate_stage.py", "test_index_demo.py")
 
 
 def pytest_collection_modifyitems(config, items):

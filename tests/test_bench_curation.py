@@ -1,8 +1,9 @@
 """benchmarks/bench_curation.py runs end to end on a tiny world (its figures need the full
 settings; here only its plumbing: the two datasets, the two models, the table, the checks and
-the last `ratio:` line)."""
+the last `difference:` line)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,11 @@ def test_bench_curation_prints_both_rows_and_its_ratio(tmp_path):
     # three training steps cannot meet the bar: exit 1 with every check printed, never a crash
     assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
-    assert lines[-1].startswith("ratio: ")
+    assert re.fullmatch(r"difference: -?\d+\.\d points, 95% interval \[-?\d+\.\d, -?\d+\.\d\]", lines[-1]), lines[-1]
     assert lines[-2].startswith("checks: ") and "at least half of the downloaded pairs mismatched: yes" in lines[-2]
-    assert any(x.startswith("(a) every downloaded pair ") and "%" in x for x in lines)
-    assert any(x.startswith("(b) curated ") and "%" in x for x in lines)
+    assert sum(x.startswith("(a) every downloaded pair ") for x in lines) == 2  # the judge's row and the CLIP's
+    assert sum(x.startswith("(b) curated ") for x in lines) == 2
+    assert not any(x.startswith("ratio:") for x in lines)
     for name in ("all", "curated"):
         assert (out / "eval" / name / "metrics.json").is_file(), name
         assert (out / "train" / name / "final").is_dir(), name

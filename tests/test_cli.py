@@ -15,7 +15,7 @@ import pytest
 from laion_pipe.cli import build_parser, main
 from laion_pipe.stages.registry import STAGE_TABLE
 
-SUBCOMMANDS = ["run", "extract", "dedup", "download", "score", "select", "stats", "demo", "clean", "status"]
+SUBCOMMANDS = ["run", "extract", "dedup", "download", "score", "select", "index", "stats", "demo", "clean", "status", "serve"]
 ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "COLUMNS": "120"}
 
 

@@ -141,5 +141,7 @@ def test_demo_command(tmp_path):
     out = tmp_path / "demo"
     r = ok(cli("demo", "--out", str(out), "--no-train"))
     assert "report" in r.stdout + r.stderr
+    assert f"laion-pipe serve {out.resolve()}" in " ".join(r.stdout.split())  # it ends with the search page's command
+    assert (out / "index" / "clip" / "image.index").is_file()
     assert (out / "stats" / "report.html").is_file()
     assert (out / "dataset" / "en").is_dir()

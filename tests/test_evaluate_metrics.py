@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from laion_pipe.evaluate.metrics import clip_score, frechet_distance, gaussian_stats, retrieval_top1
+from laion_pipe.evaluate.metrics import (bootstrap, clip_score, frechet_distance, gaussian_stats, kernel_inception_distance,
+                                        retrieval_chance, retrieval_top1)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -84,3 +85,45 @@ def test_fd_with_fewer_samples_than_dimensions_is_finite():
     assert np.isfinite(fd) and fd > 0
     with pytest.raises(ValueError, match="at least 2"):
         frechet_distance(a[:1], b)
+
+
+def _kid_by_hand(a, b):
+    """Binkowski et al.'s unbiased MMD^2 written out element by element."""
+    d = a.shape[1]
+    k = lambda x, y: (sum(xi * yi for xi, yi in zip(x, y)) / d + 1) ** 3  # noqa: E731
+    m, n = len(a), len(b)
+    xx = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(b[i], b[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(a[i], b[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kid_is_the_unbiased_mmd_and_about_zero_for_one_distribution():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(9, 5)), rng.normal(loc=0.5, size=(7, 5))
+    assert kernel_inception_distance(a, b) == pytest.approx(_kid_by_hand(a, b), rel=1e-10)
+    # unbiased: two small samples of one distribution average to 0 (each may be negative)
+    same = [kernel_inception_distance(rng.normal(size=(12, 16)), rng.normal(size=(12, 16))) for _ in range(300)]
+    shifted = [kernel_inception_distance(rng.normal(size=(12, 16)), rng.normal(loc=0.7, size=(12, 16))) for _ in range(50)]
+    assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(len(same)) + 1e-4
+    assert min(same) < 0 < np.mean(shifted) and np.mean(shifted) > 10 * abs(np.mean(same))
+
+
+def test_retrieval_chance_is_the_most_frequent_prompts_share():
+    assert retrieval_chance(["a", "b", "c", "d"]) == 0.25
+    assert retrieval_chance(["a", "a", "a", "b", "c", "a"]) == pytest.approx(4 / 6)
+    # a model that draws one picture for everything gets exactly that when its picture is the majority's
+    txt = {"a": np.array([1.0, 0.0, 0.0]), "b": np.array([0.0, 1.0, 0.0]), "c": np.array([0.0, 0.0, 1.0])}
+    prompts = ["a", "b", "a", "c", "a", "b"]
+    img = np.tile(txt["a"], (len(prompts), 1))
+    assert retrieval_top1(img, prompts, np.stack([txt[p] for p in prompts])) == retrieval_chance(prompts) == 0.5
+
+
+def test_bootstrap_interval_covers_the_estimate_and_shrinks_with_samples():
+    rng = np.random.default_rng(4)
+    small = bootstrap(frechet_distance, rng.normal(size=(30, 3)), rng.normal(loc=1, size=(30, 3)), n=100)
+    big_a, big_b = rng.normal(size=(600, 3)), rng.normal(loc=1, size=(600, 3))
+    big = bootstrap(frechet_distance, big_a, big_b, n=100)
+    assert big[0] <= frechet_distance(big_a, big_b) <= big[1]
+    assert big[1] - big[0] < small[1] - small[0]
+    assert big[0] < 3.0 < big[1]  # the true FD of N(0, I) and N(1, I) in 3-d: |mu|^2 = 3

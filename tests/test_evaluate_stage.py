@@ -150,7 +150,7 @@ def test_a_prompts_file_gives_the_prompts_and_fd_still_uses_the_held_out_images(
     assert p.prompts == ["a red circle on a blue background", "a green star on a white background",
                          "a red circle on a blue background"]
     m = stage.evaluate(str(run), wf, p)
-    assert m["n_distinct_prompts"] == 2 and m["retrieval_chance"] == 0.5
+    assert m["n_distinct_prompts"] == 2 and m["retrieval_chance"] == pytest.approx(2 / 3)  # the repeated prompt's share
     assert m["n_real"] == len(held_out(written)) and m["fd_clip"] is not None
     assert m["prompts_source"] == f"file {f}"
 
@@ -222,3 +222,68 @@ def test_cli_evaluates_a_trained_model_as_a_user_runs_it(trained, tmp_path):
     m = json.loads((run / "eval" / "tiny" / "metrics.json").read_text())
     assert m["prompts_source"] == f"file {f}" and m["n_images"] == 2
     assert "evaluate tiny: CLIP score" in r.stderr
+
+
+class _Oracle:
+    """A "model" that returns the real held-out image of each prompt (at the model's resolution,
+    read back through the loader as evaluate reads the real images)."""
+
+    resolution = 32
+
+    def __init__(self, run: Path):
+        from laion_pipe.evaluate.prompts import to_pil
+        from laion_pipe.train.loader import LoaderSpec, make_loader
+
+        spec = LoaderSpec(sources=("en",), run_dir=str(run), resolution=32, center_crop=True, random_flip=False,
+                          caption_dropout=0.0, batch_size=64, shuffle_buffer=0, holdout_fraction=HOLDOUT,
+                          holdout="only", num_workers=0)
+        self.by_caption: dict[str, list] = {}
+        for b in make_loader(spec):
+            for cap, im in zip(b["caption"], to_pil(b["pixel_values"].numpy())):
+                self.by_caption.setdefault(cap, []).append(im)
+        self.used: dict[str, int] = {}
+
+    def generate(self, prompts, seeds, **_):
+        out = []
+        for p in prompts:  # copies of one caption: each real image once, in order
+            i = self.used.get(p, 0)
+            self.used[p] = i + 1
+            out.append(self.by_caption[p][i % len(self.by_caption[p])])
+        return out
+
+
+class _Constant:
+    resolution = 32
+
+    def __init__(self, image):
+        self.image = image
+
+    def generate(self, prompts, seeds, **_):
+        return [self.image] * len(prompts)
+
+
+def test_a_generator_of_the_real_held_out_images_scores_near_perfect(trained):
+    run, written = trained
+    held = held_out(written)
+    wf = workflow(run, f"evaluate.n_prompts={len(held)}", "evaluate.images_per_prompt=1")
+    p = stage.plan(str(run), wf)
+    m = stage.evaluate(str(run), wf, p, generator=_Oracle(run))
+    assert m["n_images"] == m["n_real"] == len(held)  # the generated set is the real set
+    assert m["retrieval_top1"] >= 0.8 > m["retrieval_chance"]
+    assert m["fd_clip"] == pytest.approx(0.0, abs=1e-3) and abs(m["kid_clip"]) < 1e-2
+    lo, hi = m["fd_clip_interval"]
+    assert 0 <= lo <= hi
+
+
+def test_a_constant_generator_scores_the_majority_share(trained, tmp_path):
+    run, _ = trained
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle on a blue background\na green star on a white background\n"
+                 "a red circle on a blue background\na yellow square on a black background\n"
+                 "a red circle on a blue background\na white ring on a brown background\n")
+    wf = workflow(run, f"evaluate.prompts={f}", "evaluate.images_per_prompt=1")
+    scene = synth.Scene("circle", "red", "blue", 0.5, 0.5, 0.35, 0.0, (0,) * 6)
+    m = stage.evaluate(str(run), wf, stage.plan(str(run), wf), generator=_Constant(synth.render(scene, 32)))
+    assert m["retrieval_chance"] == 0.5  # 3 of 6 prompts are the same text
+    assert m["retrieval_top1"] == m["retrieval_chance"]
+    assert m["fd_clip"] > 0.05 and m["kid_clip"] > 0

@@ -61,13 +61,13 @@ def _render(scenes, size=128):
 
 def test_defaults_are_laion5b_models():
     m = ModelsConfig()
-    assert (m.clip_en.model, m.clip_en.pretrained) == ("ViT-B-32", "openai")
+    assert (m.clip_en.model, m.clip_en.pretrained) == ("ViT-B-32-quickgelu", "openai")
     assert m.clip_multi.model == "xlm-roberta-base-ViT-B-32"
-    assert m.nsfw.method == "mlp" and m.nsfw.weights.endswith("clip_ViT-L-14_openai_binary_nsfw_head.pth")
-    assert m.nsfw.clip.model == "ViT-L-14"
+    assert m.nsfw.method == "mlp" and m.nsfw.weights.endswith("/main/clip_autokeras_binary_nsfw.zip")
+    assert m.nsfw.clip.model == "ViT-L-14-quickgelu"
     assert m.watermark.arch == "efficientnet_b3a" and m.watermark.image_size == 256
     assert m.watermark.weights.endswith("watermark_model_v1.pt")
-    assert m.aesthetic.clip.model == "ViT-L-14" and "sac%2Blogos%2Bava1-l14-linearMSE.pth" in m.aesthetic.weights
+    assert m.aesthetic.clip.model == "ViT-L-14-quickgelu" and "sac%2Blogos%2Bava1-l14-linearMSE.pth" in m.aesthetic.weights
 
 
 def test_demo_config_points_at_shipped_files(demo_cfg):

@@ -39,18 +39,18 @@ def with_toy(monkeypatch):
 
 
 def test_names_say_what_they_mean():
-    assert schema.PIPELINE == pipeline.PIPELINE_STAGES == ("extract", "dedup", "download", "score", "select", "stats")
+    assert schema.PIPELINE == pipeline.PIPELINE_STAGES == ("extract", "dedup", "download", "score", "select", "index", "stats")
     assert schema.FUNNEL_STAGES == ("extract", "dedup", "download", "score", "select")
     assert schema.STAGE_DIRS["select"] == "dataset" and not hasattr(schema, "STAGES")  # one name per meaning
     assert [s.name for s in registry.STAGE_TABLE] == list(registry.ORDER)
 
 
 @pytest.mark.parametrize(("spec", "stages"), [
-    (None, ["extract", "dedup", "download", "score", "select", "stats"]),
+    (None, ["extract", "dedup", "download", "score", "select", "index", "stats"]),
     ("dedup,extract", ["extract", "dedup"]),
-    ("download:", ["download", "score", "select", "stats"]),
+    ("download:", ["download", "score", "select", "index", "stats"]),
     (":dedup", ["extract", "dedup"]),
-    ("select:stats", ["select", "stats"]),
+    ("select:stats", ["select", "index", "stats"]),
 ])  # fmt: skip
 def test_stages_grammar(spec, stages):
     assert pipeline.parse_stages(spec) == stages
@@ -65,8 +65,8 @@ def test_unknown_stage_or_empty_range_is_a_config_error(spec):
 def test_a_later_stage_is_one_row(with_toy, tmp_path, capsys):
     # `run` keeps its default; the new stage runs when named, alone or in a range
     assert pipeline.parse_stages(None) == list(schema.PIPELINE)
-    assert pipeline.parse_stages("select:") == ["select", "stats"]  # an open range never starts it
-    assert pipeline.parse_stages("select:toy") == ["select", "stats", "train", "evaluate", "toy"]
+    assert pipeline.parse_stages("select:") == ["select", "index", "stats"]  # an open range never starts it
+    assert pipeline.parse_stages("select:toy") == ["select", "index", "stats", "train", "evaluate", "toy"]
     assert pipeline.parse_stages("train:") == ["train", "evaluate", "toy"]  # a range from a non-curation stage keeps to its kind
     assert pipeline.parse_stages("toy") == ["toy"] and pipeline.parse_stages("toy:") == ["toy"]
     # run_stages hands it the client, which it may ignore

@@ -172,3 +172,72 @@ def test_force_redoes_done_partitions(tmp_path, inputs, dask_client):
     forced = workflow_from_dict({"runner": {"progress": False, "force": True}})
     rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), forced, dask_client)
     assert (rep.done, rep.skipped) == (3, 0) and _calls(out, "part-00000") == 2
+
+
+# --- the rule reruns converge by: current plans, upstream chains, stale outputs ------------------
+
+
+def _done(out: str, stage: str, parts: list[Partition], outputs: dict[str, list[str]] | None = None) -> None:
+    """Record `parts` as `stage`'s plan, every one done (its outputs written as small files)."""
+    from laion_pipe.runner import write_plan
+
+    write_plan(out, stage, parts)
+    for p in parts:
+        rels = (outputs or {}).get(p.key, [])
+        for rel in rels:
+            fsio.write_bytes_atomic(fsio.join(out, rel), p.key.encode())
+        write_manifest(out, stage, p.key, fingerprint=p.fingerprint, inputs=p.inputs, outcome=Outcome(outputs=list(rels)))
+
+
+def test_current_follows_the_plan_and_the_upstream_chain(tmp_path):
+    """Three stages a -> b -> c: a partition counts only while it is in its stage's plan, done
+    with the plan's fingerprint, and every upstream partition it read is current with the
+    fingerprint it read, all the way up; a whole-stage reference covers every partition."""
+    from laion_pipe.runner import current, stage_ref
+
+    out = str(tmp_path)
+    a = [Partition("a0", (), "fa0"), Partition("a1", (), "fa1")]
+    _done(out, "a", a)
+    b = [Partition("b0", (), "fb0", upstream=(("a", "a0", "fa0"),)),
+         Partition("b1", (), "fb1", upstream=(("a", "a1", "fa1"),))]
+    _done(out, "b", b)
+    c = [Partition("c", (), "fc", upstream=(stage_ref("b", b),))]
+    _done(out, "c", c)
+    assert [d.key for d in current(out, "b")] == ["b0", "b1"] and [d.key for d in current(out, "c")] == ["c"]
+    # a1 is redone with new input: b1, and c (which read all of b), are no longer current
+    _done(out, "a", [a[0], Partition("a1", (), "fa1-new")])
+    assert [d.key for d in current(out, "b")] == ["b0"] and current(out, "c") == []
+    assert stage_status(out, "b") == {"done": ["b0"], "failed": [], "pending": ["b1"]}
+    # b1 redone from the new a1; c still read the old b1
+    _done(out, "b", [b[0], Partition("b1", (), "fb1-new", upstream=(("a", "a1", "fa1-new"),))])
+    assert [d.key for d in current(out, "b")] == ["b0", "b1"] and current(out, "c") == []
+    # a partition the upstream plan no longer has is gone for its readers
+    _done(out, "a", [a[0]])
+    assert [d.key for d in current(out, "b")] == ["b0"]
+    # a manifest done with another fingerprint than its plan's is an older result
+    write_manifest(out, "a", "a0", fingerprint="something-else", inputs=[])
+    assert current(out, "a") == [] and current(out, "b") == []
+
+
+def test_stale_outputs_are_found_and_removed_before_a_stage_runs(tmp_path, inputs):
+    """A plan with fewer partitions: their manifests and outputs go before the stage runs, and so
+    does any file in the stage's folder that no planned partition claims; `keep` files stay."""
+    from laion_pipe.runner import remove_stale, stale
+
+    out = str(tmp_path / "run")
+    wf = workflow_from_dict({"runner": {"progress": False, "retries": 0}})
+    _done(out, "download", _plan(inputs), {f"part-{i:05d}": [f"images/en/{i:05d}.tar"] for i in range(3)})
+    (tmp_path / "run" / "images" / "en" / "stray.tar").write_bytes(b"?")
+    (tmp_path / "run" / "images" / "en" / "_note.json").write_bytes(b"{}")
+    (tmp_path / "run" / "images" / "en" / ".tmp-123-00009.tar").write_bytes(b"half")  # clean's, not stale
+    from laion_pipe.runner import write_plan
+
+    write_plan(out, "download", _plan(inputs)[:1], keep=["images/en/_note.json"])
+    found = stale(out, "download")
+    assert found.manifests == ["part-00001", "part-00002"]
+    assert found.files == ["images/en/00001.tar", "images/en/00002.tar", "images/en/stray.tar"]
+    removed = remove_stale(out, "download")
+    assert removed.files == found.files and not stale(out, "download")
+    assert sorted(p.name for p in (tmp_path / "run" / "images" / "en").iterdir()) == [
+        ".tmp-123-00009.tar", "00000.tar", "_note.json"]
+    assert stage_status(out, "download") == {"done": ["part-00000"], "failed": [], "pending": []}

@@ -236,4 +236,4 @@ def test_run_on_a_dask_client(tmp_path, models_cfg, dask_client):
     assert report.complete and report.done == 3 and report.kept == {"en": 8, "multi": 4}
     again = score.run(str(tmp_path), wf, dask_client)
     assert again.done == 0 and again.skipped == 3 and again.kept == {"en": 8, "multi": 4}
-    assert pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "scores").rglob("*.parquet"))]).num_rows == 12
+    assert pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "scores").glob("*/*.parquet"))]).num_rows == 12

@@ -73,7 +73,7 @@ def _table(rows, subset: str) -> pa.Table:
         "URL": cols[0], "TEXT": cols[1], "WIDTH": cols[2], "HEIGHT": cols[3], "similarity": cols[4],
         "hash": [i for i in range(n)], "punsafe": cols[5], "pwatermark": cols[6], "LANGUAGE": cols[7],
         "aesthetic": [5.0] * n, "key": [f"{i:09d}" for i in range(n)], "uid": [f"u{i}" for i in range(n)],
-        "subset": [subset] * n,
+        "subset": [subset] * n, "phash": [None] * n,
     }
     return pa.Table.from_pydict(data, schema=DATASET_SCHEMA)
 

@@ -44,14 +44,35 @@ def test_defaults_are_sd_v1_finetuning():
     assert _wf(train={"launch": {"processes_per_node": 4, "nodes": 2}}).train.launch.world_size == 8
 
 
-def test_local_command_is_torchrun_standalone():
+def test_local_command_is_torchrun_on_a_free_port_unless_one_is_set():
     from laion_pipe.train.launch import local_command
 
     wf = _wf(train={"launch": {"processes_per_node": 3}})
     cmd = local_command(wf, "/r", "/r/train/model/workflow.yaml", python="py")
-    assert cmd[:4] == ["py", "-m", "torch.distributed.run", "--standalone"]
+    assert cmd[:4] == ["py", "-m", "torch.distributed.run", "--standalone"]  # a c10d store on a free port
     assert cmd[cmd.index("--nproc_per_node") + 1] == "3"
     assert cmd[cmd.index("-m", 3) + 1] == "laion_pipe.train.worker" and "--prepared" in cmd
+    cmd = local_command(wf, "/r", "/r/w.yaml", python="py", root_cause="/t/cause.json", log_dir="/t/logs")
+    assert cmd[:5] == ["py", "-m", "laion_pipe.train.elastic", "--root-cause", "/t/cause.json"]
+    assert cmd[cmd.index("--log-dir") + 1] == "/t/logs" and cmd.index("--log-dir") < cmd.index("laion_pipe.train.worker")
+    fixed = local_command(_wf(train={"launch": {"processes_per_node": 2, "master_port": 12345}}), "/r", "/r/w.yaml")
+    assert "--standalone" not in fixed and fixed[fixed.index("--master-port") + 1] == "12345"
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_job_scripts_find_a_free_port_unless_one_is_set(kind):
+    from laion_pipe.train.launch import train_job_script
+
+    script = train_job_script(_wf(out="/r", cluster={"kind": kind}, train={"launch": {"python": "/opt/py"}}))
+    line = next(x for x in script.splitlines() if x.startswith("export MASTER_PORT="))
+    assert line.startswith("export MASTER_PORT=$(/opt/py -c ") and "bind" in line
+    port = subprocess.run(["bash", "-c", line.replace("/opt/py", sys.executable) + "; echo $MASTER_PORT"],
+                          capture_output=True, text=True).stdout.strip()
+    assert 1024 <= int(port) <= 65535
+    with socket.socket() as s:  # free: it can be bound
+        s.bind(("", int(port)))
+    fixed = train_job_script(_wf(out="/r", cluster={"kind": kind}, train={"launch": {"master_port": 29400}}))
+    assert "export MASTER_PORT=29400\n" in fixed
 
 
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
@@ -86,12 +107,6 @@ def test_job_script_needs_a_batch_system():
         train_job_script(_wf(out="/r"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_slurm_job_script_trains_on_this_machine(tmp_path):
     """The printed SLURM script, run with stand-ins for scontrol and srun on one "node" of 2 CPU
@@ -103,7 +118,7 @@ def test_slurm_job_script_trains_on_this_machine(tmp_path):
     write_dataset(run, n=16, shards=2)
     data = train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=3,
                           holdout_fraction=0.2, launch={"job": "slurm", "nodes": 1, "processes_per_node": 2,
-                                                        "master_port": _free_port(), "python": sys.executable})
+                                                        "python": sys.executable})  # the script finds a free port
     script = tmp_path / "job.sh"
     script.write_text(train_job_script(workflow_from_dict(data)))
     bin_dir = tmp_path / "bin"

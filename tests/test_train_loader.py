@@ -23,7 +23,8 @@ import webdataset as wds
 from PIL import Image
 
 from laion_pipe.train.buckets import bucket_sizes, nearest_bucket
-from laion_pipe.train.loader import LoaderSpec, SampleFilter, filter_reason, is_holdout, make_loader, worker_plan
+from laion_pipe.train.loader import (LoaderSpec, LoaderStream, Position, ResumePlan, SampleFilter, filter_reason, is_holdout,
+                                     make_loader, resume_plan, worker_plan)
 from laion_pipe.train.loader_images import cover_size
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,13 +401,88 @@ def test_same_seed_and_epoch_same_order_other_epoch_or_seed_other_order(data):
     assert unshuffled == sorted(unshuffled)
 
 
-def test_worker_plan_continues_the_round_robin():
-    # batches 0..4 taken from 2 workers (0,1,0,1,0): worker 1's turn; it becomes physical worker 0
-    assert worker_plan(5 * 8, 8, 2, 0) == (1, 2, 0)
-    assert worker_plan(5 * 8, 8, 2, 1) == (0, 3, 0)
-    assert worker_plan(5 * 8 + 3, 8, 2, 0) == (1, 2, 3)
-    assert worker_plan(0, 8, 2, 1) == (1, 0, 0)
-    assert worker_plan(17, 8, 1, 0) == (0, 2, 1)
+def test_resume_plan_continues_the_round_robin_through_partial_batches_and_exhausted_workers():
+    # full batches of 8 from 2 workers: taken 0,1,0,1,0 -> worker 1's turn; it becomes physical 0
+    full = [[8] * 10, [8] * 10]
+    plan = resume_plan(5 * 8, full)
+    assert plan == ResumePlan(1, (3, 2), 0)
+    assert worker_plan(plan, 0) == (1, 2, 0) and worker_plan(plan, 1) == (0, 3, 0)
+    assert worker_plan(resume_plan(5 * 8 + 3, full), 0) == (1, 2, 3)
+    assert worker_plan(resume_plan(0, full), 1) == (1, 0, 0)
+    # worker 1 has 3 batches, the last partial (5); worker 0 has 7, its last partial (2):
+    # order 0:8 1:8 0:8 1:8 0:8 1:5 0:8 0:8 0:8 0:2
+    tail = [[8, 8, 8, 8, 8, 8, 2], [8, 8, 5]]
+    assert resume_plan(8 * 5 + 5, tail) == ResumePlan(0, (3, 3), 0)  # worker 1 done: worker 0 goes on alone
+    assert resume_plan(8 * 5 + 5 + 8 + 3, tail) == ResumePlan(0, (4, 3), 3)
+    assert resume_plan(8 * 5 + 5 + 8 * 4 + 2, tail) == ResumePlan(0, (7, 3), 0)  # the whole epoch
+    # three workers, the middle one exhausted first
+    three = [[4, 4, 4], [4], [4, 4, 1]]  # order 0:4 1:4 2:4 0:4 2:4 0:4 2:1
+    plan = resume_plan(16, three)  # worker 1's turn, though exhausted: it gives nothing, then 2, 0, 2
+    assert plan == ResumePlan(1, (2, 1, 1), 0)
+    assert [worker_plan(plan, p) for p in range(3)] == [(1, 1, 0), (2, 1, 0), (0, 2, 0)]
+
+
+def _unbalanced(tmp_path, sizes: list[int]) -> Path:
+    """Shards of very different lengths (so one worker runs out long before the other)."""
+    folder = tmp_path / "unbalanced"
+    for i, n in enumerate(sizes):
+        write_shards(folder / f"s{i}", 1, n, seed=i, prefix=f"s{i}-", broken_every=7 if i == 0 else 0,
+                     sides=(16, 90))
+        (folder / f"s{i}" / "00000.tar").rename(folder / f"{i:05d}.tar")
+    return folder
+
+
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_resume_in_the_epochs_tail_with_two_workers_and_unbalanced_shards(tmp_path, buckets):
+    """Kill anywhere (every sample count, the tail where one worker is exhausted included) and
+    resume with 2 workers: the samples after the cut are exactly the uninterrupted run's, none
+    replayed, none skipped, batch for batch."""
+    folder = _unbalanced(tmp_path, [61, 9, 12, 5])  # 2 workers: one gets ~70 samples, the other ~17
+    s = spec(folder / "*.tar", num_workers=2, aspect_buckets=buckets, resolution=32, caption_dropout=0.3,
+             random_flip=True, center_crop=False, shuffle_buffer=20, batch_size=6)
+    full = list(make_loader(s, epoch=1))
+    flat = [k for b in full for k in b["key"]]
+    sizes = [len(b["key"]) for b in full]
+    assert len(flat) == len(set(flat)) and min(sizes) < 6  # partial batches exist
+    # the tail: the last batches all come from one worker (the other was exhausted)
+    ends = np.cumsum(sizes).tolist()
+    cuts = sorted({0, *ends[-4:], ends[-3] - 2, ends[len(ends) // 2] + 1, len(flat) - 1})
+    for cut in cuts:
+        rest = list(make_loader(s, epoch=1, start_sample=cut))
+        got = [k for b in rest for k in b["key"]]
+        assert got == flat[cut:], f"cut {cut}: replayed or skipped samples"
+        for b in rest[1:]:  # after the first, the same batches with the same pixels and captions
+            j = next(i for i, f in enumerate(full) if f["key"] == b["key"])
+            assert b["caption"] == full[j]["caption"] and torch.equal(b["pixel_values"], full[j]["pixel_values"])
+
+
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_the_batches_own_positions_resume_without_a_replay_in_the_main_process(tmp_path, buckets, monkeypatch):
+    """Each batch names its logical worker; the Position they add up to after any batch is the
+    plan the sample count gives (found by replaying every worker), and resuming from it hands out
+    the same rest without that replay."""
+    folder = _unbalanced(tmp_path, [61, 9, 12, 5])
+    s = spec(folder / "*.tar", num_workers=2, aspect_buckets=buckets, resolution=32, caption_dropout=0.3,
+             random_flip=True, center_crop=False, shuffle_buffer=20, batch_size=6)
+    full = list(make_loader(s, epoch=2))
+    flat = [k for b in full for k in b["key"]]
+    assert {b["worker"] for b in full} == {0, 1} and full[-1]["worker"] == full[-2]["worker"]  # a tail
+    positions, pos = [], Position.start(2)
+    for b in full:
+        pos.take(b)
+        positions.append(Position(list(pos.batches), pos.next_worker))
+    replays = []
+    real_sizes = LoaderStream._sizes
+    monkeypatch.setattr(LoaderStream, "_sizes", lambda self, *a: replays.append(a) or real_sizes(self, *a))
+    ends = np.cumsum([len(b["key"]) for b in full]).tolist()
+    for i in sorted({0, 1, 2, 3, len(full) // 2, len(full) - 3, len(full) - 2}):
+        cut, plan = ends[i], positions[i].plan()
+        assert plan == resume_plan(cut, [[len(b["key"]) for b in full if b["worker"] == w] for w in (0, 1)]), i
+        replays.clear()
+        rest = list(make_loader(s, epoch=2, start_sample=cut, plan=plan))
+        assert not replays, "the training process replayed the workers' batches"
+        assert [k for b in rest for k in b["key"]] == flat[cut:], f"after batch {i}: replayed or skipped samples"
+        assert [b["worker"] for b in rest] == [b["worker"] for b in full[i + 1:]]
 
 
 @pytest.mark.parametrize("start", [16, 24, 29, 45])

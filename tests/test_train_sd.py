@@ -67,7 +67,8 @@ def test_sd_finetune_ema_snr_offset_accumulation(tmp_path, sd_source):
     k = "conv_in.weight"
     assert not torch.equal(before[k], raw[k])
     assert torch.equal(final[k], ema[k]) and not torch.equal(final[k], raw[k])
-    # the frozen parts are untouched
+    # final/ carries the frozen parts as they came (test_frozen_parts_stay_frozen_in_memory... checks training
+    # itself, in memory)
     pipe = StableDiffusionPipeline.from_pretrained(str(tdir / "final"), safety_checker=None, requires_safety_checker=False)
     src = StableDiffusionPipeline.from_pretrained(str(sd_source), safety_checker=None, requires_safety_checker=False)
     for a, b in zip(pipe.vae.parameters(), src.vae.parameters()):
@@ -87,6 +88,50 @@ def test_sd_finetune_ema_snr_offset_accumulation(tmp_path, sd_source):
     assert same_image(ck[0], a[0])  # the checkpoint draws with its EMA weights, as final/
     held = json.loads((tdir / "holdout.json").read_text())
     assert held["fraction"] == 0.2 and held["keys"] and set(held["captions"]) == set(held["keys"])
+
+
+def test_frozen_parts_stay_frozen_in_memory_and_only_the_unet_is_optimised(tmp_path, sd_source, monkeypatch):
+    """The VAE and text encoder the loop trains with, compared in memory before and after training
+    (not reloaded from the folder they came from, which could not show a change), and the
+    optimiser's parameters compared with the UNet's."""
+    import copy
+
+    from laion_pipe.train import loop
+
+    seen: dict = {}
+    build = loop.build_components
+
+    def recording_build(wf):
+        comps = build(wf)
+        seen["comps"] = comps
+        seen["before"] = {name: copy.deepcopy(m.state_dict()) for name, m in (("vae", comps.vae), ("text", comps.text_encoder))}
+        seen["unet_before"] = copy.deepcopy(comps.unet.state_dict())
+        return comps
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, params, *a, **kw):
+            super().__init__(params, *a, **kw)
+            seen["optimizer"] = self
+
+    monkeypatch.setattr(loop, "build_components", recording_build)
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    run = tmp_path / "run"
+    write_dataset(run, n=16, shards=2)
+    wf, report = _run(run, model="sd", pretrained=str(sd_source), max_steps=3, learning_rate=1e-2, ema=False)
+    assert report.done == 1 and not report.failed, report.failed
+    comps = seen["comps"]
+    for name, module in (("vae", comps.vae), ("text", comps.text_encoder)):
+        after = module.state_dict()
+        assert after.keys() == seen["before"][name].keys()
+        changed = [k for k, v in after.items() if not torch.equal(v, seen["before"][name][k])]
+        assert not changed, f"{name}: {changed[:3]} changed in training"
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+    unet_after = comps.unet.state_dict()
+    assert any(not torch.equal(v, seen["unet_before"][k]) for k, v in unet_after.items())  # the UNet did learn
+    opt_params = {id(p) for g in seen["optimizer"].param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in comps.unet.parameters()}
+    frozen = {id(p) for m in comps.frozen for p in m.parameters()}
+    assert not opt_params & frozen
 
 
 def test_sd_v_prediction_bf16_from_unet_config(tmp_path, sd_source):

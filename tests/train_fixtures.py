@@ -22,23 +22,26 @@ SHAPES = ("circle", "square", "triangle")
 
 
 def write_dataset(run: str | Path, name: str = "en", n: int = 32, shards: int = 4, size: int = 64, seed: int = 0,
-                  captions: bool = True) -> list[Path]:
+                  captions: bool = True, sizes: list[int] | None = None) -> list[Path]:
     """`run/dataset/{name}/NNNNN.tar + .parquet` as the select stage writes them: `{key}.jpg/.txt/.json`
-    with LAION-5B's columns and img2dataset's keys in the `.json`. Returns the tar paths."""
+    with LAION-5B's columns and img2dataset's keys in the `.json`. `sizes`: the samples of each
+    shard (instead of `n` cut into `shards` equal ones). Returns the tar paths."""
     import random
 
     rng = random.Random(seed)
     folder = Path(run) / "dataset" / name
     folder.mkdir(parents=True, exist_ok=True)
     colours = [c for c in COLOURS if c != "white"]
-    per = -(-n // shards)
+    if sizes is not None:
+        n, shards = sum(sizes), len(sizes)
+    per_shard = list(sizes) if sizes is not None else [-(-n // shards)] * shards
     tars = []
     i = 0
     for s in range(shards):
         rows = []
         tar = folder / f"{s:05d}.tar"
         with open(tar, "wb") as f, wds.TarWriter(f, encoder=False) as tw:
-            for _ in range(per):
+            for _ in range(per_shard[s]):
                 if i >= n:
                     break
                 c, shape = rng.choice(colours), rng.choice(SHAPES)

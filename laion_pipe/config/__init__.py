@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .base import Section
 from .cluster import ClusterConfig
@@ -16,6 +16,7 @@ from .dedup import DedupConfig
 from .download import DownloadConfig
 from .evaluate import EvaluateConfig
 from .extract import ExtractConfig
+from .index import IndexConfig
 from .models import ModelsConfig
 from .runner import RunnerConfig
 from .score import ScoreConfig
@@ -42,9 +43,17 @@ class Workflow(Section):
     models: ModelsConfig = ModelsConfig()
     score: ScoreConfig = ScoreConfig()
     select: SelectConfig = SelectConfig()
+    index: IndexConfig = IndexConfig()
     stats: StatsConfig = StatsConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _semantic_dedup_needs_embeddings(self) -> Workflow:
+        if self.select.neardup.semantic and not self.score.save_embeddings:
+            raise ValueError("select.neardup.semantic: SemDeDup reads the score stage's CLIP image embeddings; "
+                             "set score.save_embeddings: true too")
+        return self
 
 
 def _format_error(err: ValidationError) -> str:

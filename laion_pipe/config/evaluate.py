@@ -52,6 +52,7 @@ class EvaluateConfig(Section):
         description="at most this many held-out real images for FD-CLIP (a covariance estimate: fewer samples than "
         "embedding dimensions make the distance large and noisy, compare models only at equal counts)",
     )
+    bootstrap: int = Field(200, ge=10, description="bootstrap resamples for the 95% intervals of FD-CLIP and KID")
     clip: ClipModelConfig | None = Field(
         None, description="the scoring CLIP; default: the run's models.clip_en (the demo CLIP in the demo workflow)"
     )

@@ -32,9 +32,10 @@ class ScoreConfig(Section):
         "default: yes when the cluster section declares GPUs (a task asking for a resource no worker has would wait forever)",
     )
     save_embeddings: bool = Field(
-        False,
+        True,
         description="also write clip-retrieval's layout under scores/{subset}/embeddings/ "
-        "(img_emb/img_emb_NNNNN.npy, text_emb/text_emb_NNNNN.npy, metadata/metadata_NNNNN.parquet; float16)",
+        "(img_emb/img_emb_NNNNN.npy, text_emb/text_emb_NNNNN.npy, metadata/metadata_NNNNN.parquet; float16, "
+        "2 bytes x dim per image and caption); the index stage (kNN search, `laion-pipe serve`) reads them",
     )
     published: dict[ScoreName, str] = Field(
         {},

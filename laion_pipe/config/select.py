@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..schema import SUBSETS
 from .base import Section
+from .neardup import NearDupConfig
 from .presets import PRESETS, RecipeConfig, SubsetName
 
 __all__ = ["RecipeConfig", "SelectConfig", "SubsetName"]
@@ -34,6 +35,13 @@ class SelectConfig(Section):
     )
     recipes: dict[str, RecipeConfig] = Field({}, description="named recipes, each written as dataset/{name}/")
     samples_per_shard: int = Field(10_000, ge=1, description="samples per output tar; shards are refilled across input shards")
+    neardup: NearDupConfig = Field(NearDupConfig(), description="near-duplicate removal across every subset and shard (laion_pipe.neardup)")
+    blocked_url_hashes: list[str] = Field(
+        [],
+        description="URL-hash lists (one hex MD5/SHA-1/SHA-256 of a URL per line, as dedup.blocked_url_hashes and "
+        "Re-LAION's removal lists; `laion-pipe serve` exports them from a query) removed from every recipe as "
+        "blocked_url_hash; changing them reruns select only, not the download and the models",
+    )
 
     @field_validator("similarity")
     @classmethod

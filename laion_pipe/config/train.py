@@ -50,7 +50,10 @@ class LaunchConfig(Section):
 
     processes_per_node: int = Field(1, ge=1, description="training processes per node (one per GPU); 1 = in-process")
     nodes: int = Field(1, ge=1, description="machines in the job")
-    master_port: int = Field(29500, ge=1, le=65535, description="rendezvous port on the first node")
+    master_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="rendezvous port on the first node; None: a free one (two trainings on one machine never collide)",
+    )
     job: Literal["slurm", "pbs"] | None = Field(
         None, description="batch system of the job script `--dry-run` prints; default: cluster.kind when slurm/pbs"
     )
@@ -92,6 +95,24 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=0, description="DataLoader workers per process (0: load in the training process)")
     shuffle_buffer: int = Field(1000, ge=0, description="samples in each worker's shuffle buffer")
     seed: int = Field(0, description="seeds the data order, caption dropout, noise and timesteps")
+    decontaminate: bool = Field(
+        True,
+        description="before training, remove every training sample whose perceptual hash is within "
+        "decontamination_max_distance bits of a held-out sample's or an eval_sets image's (train/{name}/decontamination.json)",
+    )
+    decontamination_max_distance: int = Field(
+        4, ge=0, le=16, description="pHash bits (of 64) within which an image is a copy (as select.neardup.phash_max_distance; "
+        "confirmed by the colour grids within select.neardup.colour_max_difference, as at select)")
+    decontaminate_semantic: bool = Field(
+        True,
+        description="also remove training samples whose CLIP image embedding has cosine >= 1 - select.neardup.eps with a "
+        "held-out sample's or an eval_sets image's, where the score stage saved embeddings (score.save_embeddings): "
+        "copies pHash misses (crops, overlays)",
+    )
+    eval_sets: list[str] = Field(
+        [], description="evaluation images training must not see copies of: folders of images, WebDataset shards "
+        "(a tar, folder or glob), or text files of image URLs (.txt, one per line)",
+    )
     holdout_fraction: float = Field(
         0.01, ge=0, lt=1, description="fraction of samples (by a hash of the key) training never sees; listed in holdout.json for evaluate"
     )

@@ -73,7 +73,7 @@ def eval_line(out: str) -> str | None:
     if not found:
         return None
     m = json.loads(found[-1].read_text())
-    fd = "n/a" if m.get("fd_clip") is None else f"{m['fd_clip']:.3f}"
+    fd = "n/a" if m.get("fd_clip") is None else f"{m['fd_clip']:.3f} ({m.get('n_images')} vs {m.get('n_real')} images)"
     return (f"model {found[-1].parent.name}: CLIP score {m['clip_score']:.3f}, top-1 prompt retrieval "
             f"{m['retrieval_top1']:.2f} (chance {m['retrieval_chance']:.2f}), FD-CLIP {fd} "
             f"on {m.get('n_prompts', '?')} held-out prompts ({found[-1].parent / 'grid.png'})")
@@ -103,6 +103,11 @@ def main_demo(out: str = "laion_demo", overrides: Sequence[str] = (), train: boo
                 Console().print(f"evaluation of the demo model trained on the curated shards: {line}",
                                 soft_wrap=True, highlight=False)
             Console().print(f"report: {Path(out) / 'stats' / 'report.html'}", soft_wrap=True)
+        if any(r.stage == "index" and not r.failed for r in reports):
+            from ..serve import serve_command
+
+            Console().print(f"search its images (by text, by example; export a blocklist): {serve_command(out)}",
+                            soft_wrap=True, highlight=False)
         console.print(f"demo finished in {time.time() - t0:.0f}s")
     finally:
         world.stop()

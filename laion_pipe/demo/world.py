@@ -24,6 +24,12 @@ The same pages are also written as a URL list (`list/demo-list.parquet`, `World.
 per image reference with its `page_url`, `url` and `caption` (the alt text as the page wrote it),
 plus `SAMPLE_ID` and `kind` as a published list's own columns would be. A run from it gives the
 WAT run's dataset (tests/test_urllist_demo.py), with those two columns carried to every sample.
+
+With `WorldSpec.copies` (a `copies.CopySpec`), the world is another one: each of `n_scenes`
+scenes served under 1-4 URLs, as the web copies a picture (re-encoded, resized, cropped, with a
+logo, under another caption), `images_per_page` references a page in a random order; `truth`
+then has a row per reference with its `scene` and `copy_kind` (`original` or the copy's kind),
+so near-duplicate removal can be measured against it (`benchmarks/bench_neardup_world.py`).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..models.demo import synth
+from .copies import CopySpec, references
 from .imageserver import ImageServer, Reply, status
 from .watgen import Img, Page, write_wat
 
@@ -71,6 +78,7 @@ class WorldSpec:
     kinds: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
     langs: dict[str, float] = field(default_factory=lambda: dict(CAPTION_LANGS))  # caption language weights
     sides: tuple[int, ...] = SIDES  # image sides drawn from (smaller sides build and download faster)
+    copies: CopySpec | None = None  # the world of known copies instead (n_pages and kinds then unused)
 
 
 @dataclass
@@ -78,7 +86,7 @@ class World:
     server: ImageServer
     spec: WorldSpec
     wat_paths: list[str]
-    truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, watermark, unsafe, ...
+    truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, colour, background, watermark, ...
     root: Path
     list_path: str = ""  # the same pages as a URL list (parquet)
 
@@ -116,6 +124,9 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
         # spec.latency is read per request, so a test can slow a running world down
         return lambda req: Reply(200, body, dict(headers or {}), "image/jpeg", delay=spec.latency)
 
+    if spec.copies is not None:
+        rows, pages = _copies_pages(spec, server, nprng, serve)
+        return _finish(root, spec, server, rows, pages)
     kinds, kind_w = zip(*spec.kinds.items())
     langs, lang_w = zip(*spec.langs.items())
 
@@ -135,7 +146,7 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
             path = f"/{name}"
             url = server.url(path)
             row = {"page_url": page_url, "url": url, "kind": kind, "lang": lang, "width": None, "height": None,
-                   "shape": None, "watermark": False, "unsafe": False, "degraded": False}
+                   "shape": None, "colour": None, "background": None, "watermark": False, "unsafe": False, "degraded": False}
             if kind in ("match", "mismatch", "watermark", "unsafe", "degraded", "nolang", "noai"):
                 scene = synth.random_scene(
                     nprng, unsafe=kind == "unsafe", watermark=kind == "watermark", degradation=kind == "degraded"
@@ -150,7 +161,8 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
                     alt = rng.choice(NOLANG_ALTS)
                 else:
                     alt = scene.caption(lang)
-                row.update(width=side, height=side, shape=scene.shape, watermark=scene.watermarked,
+                row.update(width=side, height=side, shape=scene.shape, colour=scene.colour, background=scene.background,
+                           watermark=scene.watermarked,
                            unsafe=scene.unsafe, degraded=scene.degradation is not None, n_bytes=len(body))
             elif kind == "small":
                 scene = synth.random_scene(nprng)
@@ -178,7 +190,34 @@ def build_world(root: str | Path, spec: WorldSpec | None = None, server: ImageSe
             rows.append(row)
             imgs.append(Img(url, alt))
         pages.append(Page(url=page_url, images=tuple(imgs), title=f"Gallery {i}", lang="en"))
+    return _finish(root, spec, server, rows, pages)
 
+
+def _copies_pages(spec: WorldSpec, server: ImageServer, nprng: np.random.Generator, serve) -> tuple[list[dict], list[Page]]:
+    """The references of the copies world on pages of `spec.images_per_page`."""
+    assert spec.copies is not None
+    lang = max(spec.langs, key=lambda k: spec.langs[k])  # the originals' caption language
+    refs = references(spec.copies, nprng, spec.sides, lang)
+    rows: list[dict] = []
+    pages: list[Page] = []
+    per = max(1, spec.images_per_page)
+    for i in range(0, len(refs), per):
+        page_url = f"https://site{(i // per) % 7}.demo/gallery/page-{i // per}.html"
+        imgs = []
+        for j, ref in enumerate(refs[i:i + per]):
+            path = f"/img/{i // per:03d}/{j:02d}.jpg"
+            url = server.url(path)
+            server.route(path, serve(ref.body))
+            rows.append({"page_url": page_url, "url": url, "alt": ref.alt, "kind": ref.copy, "lang": ref.lang,
+                         "scene": ref.scene, "copy_kind": ref.copy, "shape": ref.shape, "width": ref.width,
+                         "height": ref.height, "n_bytes": len(ref.body)})
+            imgs.append(Img(url, ref.alt))
+        pages.append(Page(url=page_url, images=tuple(imgs), title=f"Gallery {i // per}", lang="en"))
+    return rows, pages
+
+
+def _finish(root: Path, spec: WorldSpec, server: ImageServer, rows: list[dict], pages: list[Page]) -> World:
+    """Write the WAT files and the truth table."""
     wat_paths = []
     per_file = max(1, -(-len(pages) // spec.n_wat_files))
     for k in range(spec.n_wat_files):

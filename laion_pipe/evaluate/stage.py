@@ -6,8 +6,9 @@ otherwise. Then it generates `images_per_prompt` images per prompt (classifier-f
 the configured diffusers sampler, one seed per image: the same settings give the same images),
 encodes images, prompts and held-out real images with the scoring CLIP, and writes
 
-- `RUN/eval/{model}/metrics.json`: clip_score, retrieval_top1 (with its chance level), fd_clip,
-  the counts, seeds and sampling settings, the model and CLIP used;
+- `RUN/eval/{model}/metrics.json`: clip_score, retrieval_top1 (with its chance level: the most
+  frequent prompt's share), fd_clip and kid_clip (each with a bootstrap 95% interval and the
+  sample counts), the counts, seeds and sampling settings, the model and CLIP used;
 - `RUN/eval/{model}/grid.png`: the first images with their prompts written under them;
 - `_state/evaluate/{model}.json`: the runner's manifest, so a rerun with nothing changed is
   skipped and `laion-pipe status` lists it;
@@ -55,6 +56,7 @@ class EvalPlan:
     real_note: str | None  # why FD-CLIP has no real images, when it has none
     clip: ClipModelConfig
     inputs: list[str] = field(default_factory=list)  # files whose identity the fingerprint covers
+    data_note: str | None = None  # the model's training data has changed since it was trained
 
 
 # --- resolving the plan ---------------------------------------------------------------------------
@@ -156,7 +158,21 @@ def plan(out: str, wf: Any) -> EvalPlan:
         if not real_sources:
             note = f"train/{holdout.name}/holdout.json does not say which dataset its samples came from"
     clip = cfg.clip or wf.models.clip_en
-    return EvalPlan(label, model_path, prompts, source, holdout, real_sources, note, clip, inputs)
+    return EvalPlan(label, model_path, prompts, source, holdout, real_sources, note, clip, inputs,
+                    training_data_note(out, own_name or (holdout.name if holdout else None)))
+
+
+def training_data_note(out: str, train_name: str | None) -> str | None:
+    """Why a training run of this run directory no longer describes the current dataset, or None:
+    it finished, but the select partitions it read were redone or removed since (the runner's
+    `current` rule), so its model and metrics are of a dataset that is gone."""
+    if not train_name:
+        return None
+    m = runner.read_manifest(out, TRAIN_DIR, train_name)
+    if not m or m.get("status") != "done" or any(d.key == train_name for d in runner.current(out, TRAIN_DIR)):
+        return None
+    return (f"train/{train_name} was trained on a dataset that has changed since (select redid or removed shards it "
+            f"read): these metrics describe a model of the old data; `laion-pipe train --out {out}` trains on the current one")
 
 
 def _identity(path: str) -> list[str]:
@@ -222,8 +238,10 @@ def real_images(out: str, p: EvalPlan, resolution: int, limit: int) -> list:
     return found[:limit]
 
 
-def evaluate(out: str, wf: Any, p: EvalPlan) -> dict:
-    """Generate, encode, measure and write metrics.json and grid.png; returns the metrics."""
+def evaluate(out: str, wf: Any, p: EvalPlan, generator: Any = None) -> dict:
+    """Generate, encode, measure and write metrics.json and grid.png; returns the metrics.
+    `generator`: anything with `generate(prompts, seeds, **sampling) -> PIL images` and a
+    `resolution` (default: the trained model, `train.sampling.load_generator`)."""
     from ..models.clip import load_clip
     from ..models.devices import resolve_device
     from ..train.sampling import load_generator, save_grid
@@ -233,10 +251,10 @@ def evaluate(out: str, wf: Any, p: EvalPlan) -> dict:
     t0 = time.time()
     per_image, seeds = expand(p.prompts, cfg.images_per_prompt, cfg.seed)
     show = bool(getattr(getattr(wf, "runner", None), "progress", True))
-    generator = load_generator(p.model_path, device=device)
+    generator = generator or load_generator(p.model_path, device=device)
     with _progress(show) as progress:
         images = generate(generator, per_image, seeds, cfg, progress)
-    clip = load_clip(p.clip, device)
+    clip = load_clip(p.clip, device, cache=wf.models.cache_dir)  # the model cache `models fetch` fills
     img_emb = encode_images(clip, images, cfg.batch_size)
     txt_emb = clip.encode_texts(per_image).numpy()
     result: dict[str, Any] = {
@@ -244,8 +262,11 @@ def evaluate(out: str, wf: Any, p: EvalPlan) -> dict:
         "model_path": p.model_path,
         "clip_score": metrics.clip_score(img_emb, txt_emb),
         "retrieval_top1": metrics.retrieval_top1(img_emb, per_image, txt_emb),
-        "retrieval_chance": 1.0 / len(set(per_image)),
+        "retrieval_chance": metrics.retrieval_chance(per_image),
         "fd_clip": None,
+        "fd_clip_interval": None,
+        "kid_clip": None,
+        "kid_clip_interval": None,
         "n_prompts": len(p.prompts),
         "n_distinct_prompts": len(set(p.prompts)),
         "images_per_prompt": cfg.images_per_prompt,
@@ -264,18 +285,53 @@ def evaluate(out: str, wf: Any, p: EvalPlan) -> dict:
         real = real_images(out, p, generator.resolution, cfg.n_real)
         result["n_real"] = len(real)
         if len(real) >= 2:
-            result["fd_clip"] = metrics.frechet_distance(img_emb, encode_images(clip, real, cfg.batch_size))
+            real_emb = encode_images(clip, real, cfg.batch_size)
+            result["fd_clip"] = metrics.frechet_distance(img_emb, real_emb)
+            result["fd_clip_interval"] = metrics.bootstrap(metrics.frechet_distance, img_emb, real_emb, n=cfg.bootstrap)
+            result["kid_clip"] = metrics.kernel_inception_distance(img_emb, real_emb)
+            result["kid_clip_interval"] = metrics.bootstrap(metrics.kernel_inception_distance, img_emb, real_emb,
+                                                            n=cfg.bootstrap)
+            result["embedding_dim"] = int(real_emb.shape[1])
         else:
             p.real_note = f"{len(real)} held-out real image(s) readable from {', '.join(p.real_sources)}; FD-CLIP needs 2 or more"
     if result["fd_clip"] is None:
         result["fd_clip_note"] = p.real_note
         console.print(f"[yellow]evaluate[/yellow]: FD-CLIP left out: {p.real_note}")
     result["seconds"] = round(time.time() - t0, 3)
+    if p.data_note:
+        result["training_data_note"] = p.data_note
 
     dest = fsio.join(out, EVAL_DIR, p.label)
     save_grid(images[: cfg.grid_images], per_image[: cfg.grid_images], fsio.join(dest, "grid.png"))  # atomic
     fsio.write_json_atomic(fsio.join(dest, "metrics.json"), result)
     return result
+
+
+def _note_in_metrics(out: str, p: EvalPlan) -> None:
+    """An evaluation that is already done still says (or stops saying) that its model's
+    training data has changed since: the note is the run's state, not the model's."""
+    path = fsio.join(out, EVAL_DIR, p.label, "metrics.json")
+    try:
+        result = fsio.read_json(path)
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(result, dict) and result.get("training_data_note") != p.data_note:
+        result.pop("training_data_note", None)
+        if p.data_note:
+            result["training_data_note"] = p.data_note
+        fsio.write_json_atomic(path, result)
+
+
+def summary_line(label: str, m: dict) -> str:
+    """One line of a model's metrics, each with its chance level or interval and sample counts."""
+    fd = "n/a"
+    if m.get("fd_clip") is not None:
+        lo, hi = m.get("fd_clip_interval") or (float("nan"), float("nan"))
+        fd = (f"{m['fd_clip']:.4f} [{lo:.4f}, {hi:.4f}], KID {m['kid_clip']:.5f} "
+              f"({m['n_images']} generated vs {m['n_real']} real images, {m.get('embedding_dim', '?')}-d)")
+    return (f"evaluate {label}: CLIP score {m['clip_score']:.4f}, retrieval top-1 {m['retrieval_top1']:.3f} "
+            f"(chance {m['retrieval_chance']:.3f}, {m['n_images']} images of {m['n_distinct_prompts']} distinct prompts), "
+            f"FD-CLIP {fd}")
 
 
 def _rerender_report(out: str) -> None:
@@ -300,7 +356,10 @@ def run(out: str, wf: Any, client: Any = None, **_: Any) -> StageReport:
     report = StageReport(stage=NAME, planned=1)
     force = bool(getattr(getattr(wf, "runner", None), "force", False))
     previous = None if force else runner.done_manifest(out, NAME, p.label, fp)
+    if p.data_note:
+        console.print(f"[yellow]evaluate[/yellow]: {p.data_note}")
     if previous is not None:
+        _note_in_metrics(out, p)
         report.skipped = 1
         report.add(previous)
         console.print(f"evaluate: {p.label} already evaluated with these settings (eval/{p.label}/metrics.json); "
@@ -315,10 +374,7 @@ def run(out: str, wf: Any, client: Any = None, **_: Any) -> StageReport:
                                          started=started, seconds=round(time.time() - started, 3))
         report.done = 1
         report.add(manifest)
-        fd = "n/a" if result["fd_clip"] is None else f"{result['fd_clip']:.4f}"
-        console.print(f"evaluate {p.label}: CLIP score {result['clip_score']:.4f}, retrieval top-1 "
-                      f"{result['retrieval_top1']:.3f} (chance {result['retrieval_chance']:.3f}), FD-CLIP {fd} "
-                      f"over {result['n_images']} images of {result['n_prompts']} prompts")
+        console.print(summary_line(p.label, result))
     _rerender_report(out)
     report.seconds = round(time.time() - t0, 3)
     return report

@@ -5,7 +5,10 @@
     from laion_pipe.models.watermark import load_watermark  # WatermarkScorer
     from laion_pipe.models.aesthetic import load_aesthetic  # AestheticScorer
 
-Every loader takes its section of `ModelsConfig`; the defaults are LAION-5B's models, and
+Every loader takes its section of `ModelsConfig`; the defaults are LAION-5B's models (as LAION ran
+them: QuickGELU for OpenAI's CLIPs, the NSFW detector from LAION's own Keras zip, read by
+`keras_nsfw`), their files come through the model cache of `weights` (filled beforehand for
+offline machines by `laion-pipe models fetch`, see `provision`), and
 `demo_models_config()` points every section at the small demo weights shipped in
 `models/demo/weights/` (trained by `python -m laion_pipe.models.demo.train`, see demo/README.md).
 This module imports no torch, so configuration code can use it cheaply.

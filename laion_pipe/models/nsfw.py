@@ -3,11 +3,15 @@
 Two methods, as LAION used them:
 
 - `mlp`: LAION's CLIP-based-NSFW-Detector, a small MLP on the image embedding. LAION published
-  three layouts, all read here from the weights file itself so that one config key (`weights`)
-  picks the model: the Keras-ported heads for ViT-B/32 and ViT-L/14 (`norm.*` + `linear_1..n`,
-  ReLU between layers, sigmoid output; LAION-5B's punsafe came from the L/14 one) and the ViT-H/14
-  detector (`layers.*`, trained by regression, output clipped to [0, 1]). The demo head uses the
-  L/14 layout on the demo CLIP's 64-d embedding.
+  it in several layouts, all recognised here from the weights file itself so that one config key
+  (`weights`) picks the model:
+  - the autokeras zips of its main branch (`clip_autokeras_binary_nsfw.zip` for ViT-L/14, which
+    LAION-5B's punsafe came from, and `clip_autokeras_nsfw_b32.zip`), read without TensorFlow by
+    `keras_nsfw` (also a safetensors file converted from one by `python -m laion_pipe.models.keras_nsfw`);
+  - their PyTorch ports (`norm.*` + `linear_1..n`, ReLU between layers, sigmoid output), which
+    leave out the zips' categorical lookup of a few dimensions (see keras_nsfw);
+  - the ViT-H/14 detector (`layers.*`, trained by regression, output clipped to [0, 1]).
+  The demo head uses the ports' layout on the demo CLIP's 64-d embedding.
 - `zeroshot`: LAION-400M's method, which needs no extra weights: compare the image embedding with
   the CLIP text embeddings of neutral and unsafe category prompts, softmax over 100 x cosine, and
   call the probability mass that falls on unsafe prompts punsafe. `NsfwScorer.tags` also gives
@@ -24,7 +28,14 @@ from torch import nn
 
 from ..config.models import NsfwModelConfig
 from .clip import ClipScorer
-from .weights import load_state_dict
+from .keras_nsfw import LOOKUP_META_KEY, KerasNsfwHead, head_from_spec, read_keras_nsfw_zip, spec_from_converted
+from .weights import load_state_dict, local_weights
+
+EXPECTED_LAYOUTS = (
+    "LAION's autokeras zip (clip_autokeras_binary_nsfw.zip / clip_autokeras_nsfw_b32.zip), a safetensors file "
+    "converted from one, a PyTorch port (norm.mean, norm.variance, linear_1..n.weight/bias) or the H14 detector "
+    "(layers.0 .. layers.16 weight/bias)"
+)
 
 
 class Normalization(nn.Module):
@@ -87,12 +98,36 @@ def head_from_state_dict(sd: dict[str, torch.Tensor]) -> nn.Module:
     elif "layers.0.weight" in sd:
         head = H14NsfwDetector(sd["layers.0.weight"].shape[1])
     else:
-        raise ValueError(f"NSFW head: unknown weight layout (keys {sorted(sd)[:5]}...)")
+        raise ValueError(f"NSFW head: unknown weight layout (keys {sorted(sd)[:5]}...); expected {EXPECTED_LAYOUTS}")
     head.load_state_dict(sd, strict=True)
     return head.eval()
 
 
+def head_from_file(location: str, sha256: str | None = None, cache=None) -> nn.Module:
+    """The NSFW head a weights file holds, whichever of LAION's layouts it is in."""
+    import zipfile
+
+    path = local_weights(location, sha256, cache)
+    if zipfile.is_zipfile(path):  # a Keras SavedModel zip, or a torch file (torch.save writes zips too)
+        with zipfile.ZipFile(path) as z:
+            keras = any(n.rsplit("/", 1)[-1] == "saved_model.pb" for n in z.namelist())
+        if keras:
+            with open(path, "rb") as f:
+                return head_from_spec(read_keras_nsfw_zip(f.read(), location))
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+        if LOOKUP_META_KEY in meta:
+            return head_from_spec(spec_from_converted(load_state_dict(path), meta))
+    sd = load_state_dict(path)
+    return head_from_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+
+
 def input_dim(head: nn.Module) -> int:
+    if isinstance(head, KerasNsfwHead):
+        return head.in_features
     if isinstance(head, LaionNsfwHead):
         return head.linear_1.in_features
     return head.layers[0].in_features
@@ -136,7 +171,7 @@ class NsfwScorer:
         return ["NSFW" if u == top2.shape[1] else "UNLIKELY" if u == 0 else "UNSURE" for u in unsafe]
 
 
-def load_nsfw(cfg: NsfwModelConfig, clip: ClipScorer) -> NsfwScorer:
+def load_nsfw(cfg: NsfwModelConfig, clip: ClipScorer, cache=None) -> NsfwScorer:
     """The punsafe model `cfg` describes, reading embeddings of `clip` (cfg.clip's model)."""
     if cfg.method == "zeroshot":
         prompts = list(cfg.safe_prompts) + list(cfg.unsafe_prompts)
@@ -144,8 +179,7 @@ def load_nsfw(cfg: NsfwModelConfig, clip: ClipScorer) -> NsfwScorer:
         return NsfwScorer("zeroshot", clip.device, prompt_emb=emb, n_safe=len(cfg.safe_prompts))
     if not cfg.weights:
         raise ValueError("models.nsfw.weights is required for method 'mlp'")
-    sd = load_state_dict(cfg.weights)
-    head = head_from_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+    head = head_from_file(cfg.weights, cfg.sha256, cache)
     if input_dim(head) != clip.embed_dim:
         raise ValueError(
             f"NSFW head {cfg.weights} expects {input_dim(head)}-d embeddings but CLIP {clip.name} gives "

@@ -36,8 +36,38 @@ def _head_configs(wf: Any) -> dict[str, Any]:
     return {name: getattr(wf.models, name, None) for name in ("nsfw", "watermark", "aesthetic")}
 
 
+def _drop_unset_pins(obj: Any) -> Any:
+    """A config dump without `sha256: null` entries, so configurations written before pins existed
+    keep their fingerprint."""
+    if isinstance(obj, dict):
+        return {k: _drop_unset_pins(v) for k, v in obj.items() if not (k == "sha256" and v is None)}
+    return obj
+
+
 def _dump(cfg: Any) -> Any:
-    return None if cfg is None else cfg.model_dump(mode="json")
+    return None if cfg is None else _drop_unset_pins(cfg.model_dump(mode="json"))
+
+
+def _architectures(wf: Any, subset: str) -> list[str]:
+    """How each CLIP named by an open_clip tag is built (QuickGELU or not): the rule changed
+    (issue 18: OpenAI's weights now always get QuickGELU), so scores computed before it rerun.
+    A model/tag pair that cannot be built right is a configuration error here, before any work."""
+    from ..config import ConfigError
+    from .clip import clip_source
+
+    heads = _head_configs(wf)
+    cfgs = [clip_config_for(wf, subset)] + [getattr(heads[h], "clip", None) for h in ("nsfw", "aesthetic")]
+    out = []
+    for cfg in cfgs:
+        if cfg is None:
+            continue
+        try:
+            src = clip_source(cfg)
+        except ValueError as e:
+            raise ConfigError(f"models: {e}") from None
+        if src.tag:
+            out.append(f"{src.name}+{src.tag}:quick_gelu={src.quick_gelu}")
+    return out
 
 
 def _weights_identity(obj: Any) -> list[str]:
@@ -56,6 +86,9 @@ def model_identity(wf: Any, subset: str) -> dict:
     Device, precision and batch size are left out: they change scores by rounding at most."""
     ident = {"clip": _dump(clip_config_for(wf, subset)), **{k: _dump(v) for k, v in _head_configs(wf).items()}}
     ident["files"] = _weights_identity(ident)
+    arch = _architectures(wf, subset)
+    if arch:
+        ident["architectures"] = arch
     return ident
 
 
@@ -136,8 +169,9 @@ def load_models(wf: Any, subset: str, device: str | None = None) -> ScoreModels:
 
     device = resolve_device(device or wf.score.device)
     precision = None if wf.score.precision == "auto" else wf.score.precision
+    cache = getattr(wf.models, "cache_dir", None)
     heads = _head_configs(wf)
-    cache_key = fingerprint(_dump(clip_config_for(wf, subset)), {k: _dump(v) for k, v in heads.items()}, device, precision)
+    cache_key = fingerprint(_dump(clip_config_for(wf, subset)), {k: _dump(v) for k, v in heads.items()}, device, precision, cache)
     with _MODELS_LOCK:  # two tasks on one worker must not load the same models twice
         if cache_key in _MODELS:
             return _MODELS[cache_key]
@@ -155,12 +189,12 @@ def load_models(wf: Any, subset: str, device: str | None = None) -> ScoreModels:
             m.nsfw_clip = clip_index(heads["nsfw"].clip)
         if heads["aesthetic"] is not None:
             m.aesthetic_clip = clip_index(heads["aesthetic"].clip)
-        m.clips = [cached_clip(c, device, precision) for c in clip_cfgs]
+        m.clips = [cached_clip(c, device, precision, cache) for c in clip_cfgs]
         if heads["nsfw"] is not None:
-            m.nsfw = load_nsfw(heads["nsfw"], m.clips[m.nsfw_clip])
+            m.nsfw = load_nsfw(heads["nsfw"], m.clips[m.nsfw_clip], cache)
         if heads["aesthetic"] is not None:
-            m.aesthetic = load_aesthetic(heads["aesthetic"], m.clips[m.aesthetic_clip])
+            m.aesthetic = load_aesthetic(heads["aesthetic"], m.clips[m.aesthetic_clip], cache)
         if heads["watermark"] is not None:
-            m.watermark = load_watermark(heads["watermark"], device)
+            m.watermark = load_watermark(heads["watermark"], device, cache=cache)
         _MODELS[cache_key] = m
         return m

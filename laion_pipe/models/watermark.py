@@ -5,6 +5,9 @@ Linear(F, 625) - ReLU - Dropout(0.3) - Linear(625, 256) - ReLU - Linear(256, 2),
 to 256x256 with ImageNet normalisation; pwatermark is the softmax probability of class 0. The
 architecture is configuration, so the demo ships a much smaller timm backbone with the same head
 and loads it through this same code.
+
+Weights: the released state dict (`watermark_model_v1.pt`), or a checkpoint of LAION's training
+script (LAION-AI/watermark-detection, `{"weights": state dict, "opt_state": ..., "scheduler_state": ...}`).
 """
 from __future__ import annotations
 
@@ -85,12 +88,31 @@ class WatermarkScorer:
         return logits.float().softmax(dim=-1)[:, 0].cpu().numpy().astype(np.float32)
 
 
-def load_watermark(cfg: WatermarkModelConfig, device: str = "cpu", half: bool | None = None) -> WatermarkScorer:
+def watermark_state_dict(obj: dict, expected: set[str], name: str = "watermark weights") -> dict:
+    """The model's state dict out of what a watermark weights file holds: the state dict itself, or
+    LAION's training checkpoint with it under `weights`. Anything else is refused, naming both."""
+    if set(obj) == expected:
+        return obj
+    inner = obj.get("weights")
+    if isinstance(inner, dict):
+        inner = {k.removeprefix("module."): v for k, v in inner.items()}
+        if set(inner) == expected:
+            return inner
+    missing = sorted(expected - set(obj))[:3]
+    raise ValueError(
+        f"{name}: neither the model's state dict nor a training checkpoint with it under 'weights' "
+        f"(keys {sorted(map(str, obj))[:5]}...; e.g. missing {missing})"
+    )
+
+
+def load_watermark(
+    cfg: WatermarkModelConfig, device: str = "cpu", half: bool | None = None, cache=None
+) -> WatermarkScorer:
     """The watermark classifier of `cfg` on `device` (fp16 on CUDA unless `half=False`)."""
     model = build_watermark_model(cfg.arch)
     if not cfg.weights:
         raise ValueError("models.watermark.weights is required")
-    sd = load_state_dict(cfg.weights)
+    sd = watermark_state_dict(load_state_dict(cfg.weights, cfg.sha256, cache), set(model.state_dict()), cfg.weights)
     model.load_state_dict(sd, strict=True)
     half = str(device).startswith("cuda") if half is None else half
     dtype = torch.float16 if half else torch.float32

@@ -13,8 +13,10 @@ The format, so tools made for img2dataset output read ours:
   sample's metadata row), for successful samples only;
 - the parquet has one row per input row, img2dataset's columns (`key, status, error_message,
   width, height, original_width, original_height, sha256`, plus `url` and `caption`) and ours
-  (`uid, text, page_url, language, language_score, subset, license`, and `reason`: the drop
-  reason of a failed sample); `status` is img2dataset's `success`, `failed_to_download` or
+  (`uid, text, page_url, language, language_score, subset, license`, `reason`: the drop
+  reason of a failed sample, and `phash` and `colour_grid`: the stored image's perceptual hash
+  and quadrant colours, which select's near-duplicate removal reads; the `.json` member leaves
+  the grid's bytes out); `status` is img2dataset's `success`, `failed_to_download` or
   `failed_to_resize`;
 - a URL list's own columns (img2dataset's `save_additional_columns`) follow ours in the parquet
   and in each `.json`, under their own names with the types the run's lists gave them
@@ -186,6 +188,8 @@ def _meta(sample: Sample, status: str, reason: str | None, error: str | None, im
         "original_height": img.original_height if img else None,
         "sha256": sha256,
         "reason": reason,
+        "phash": img.phash if img else None,
+        "colour_grid": img.colour_grid if img else None,
         **_carried(r),
     }
 
@@ -263,7 +267,9 @@ def _members(meta: dict, image: bytes, ext: str) -> dict[str, bytes]:
     return {
         ext: image,
         "txt": (meta.get("text") or "").encode("utf-8"),
-        "json": orjson.dumps(meta, default=extra_columns.json_value, option=orjson.OPT_INDENT_2),
+        # the colour grid is bytes, for the parquet only (near-duplicate removal reads it there)
+        "json": orjson.dumps({k: v for k, v in meta.items() if k != "colour_grid"},
+                             default=extra_columns.json_value, option=orjson.OPT_INDENT_2),
     }
 
 

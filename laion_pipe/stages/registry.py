@@ -171,6 +171,20 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "Changing a threshold reruns only this stage.",
     ),
     Stage(
+        name="index",
+        entry="laion_pipe.stages.index:run",
+        check="laion_pipe.stages.index:check",
+        after="select",
+        out_dir="index",
+        curation=True,
+        funnel=False,
+        help="faiss kNN indexes of the CLIP image and caption embeddings -> index/{space}/ (what `laion-pipe serve` searches)",
+        description="Index every scored pair, kept or dropped, by its CLIP image and caption embeddings (saved by the score "
+        "stage, score.save_embeddings) in clip-retrieval's layout: image.index, text.index and metadata/ row-aligned with "
+        "them, each row saying whether select kept the pair and why not. Exact search for small runs, IVF-PQ trained on a "
+        "sample and built on the Dask workers for large ones (index: section).",
+    ),
+    Stage(
         name="stats",
         entry="laion_pipe.stages.stats:run",
         out_dir="stats",

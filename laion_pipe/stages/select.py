@@ -15,7 +15,9 @@ its slices and the identities of the inputs it reads: changing a threshold rerun
 and only for the recipes it touches.
 
 Drop reasons (`low_similarity, side_too_small, unsafe, watermark, low_aesthetic`, the first bound
-failed) and kept counts go to the manifests of the default language-subset recipes, which are the
+failed; then `near_duplicate, semantic_duplicate` for a pair every bound keeps but near-duplicate
+removal found a better copy of, anywhere in the run: laion_pipe.neardup, run as select's first
+phases) and kept counts go to the manifests of the default language-subset recipes, which are the
 pipeline's funnel; other recipes report theirs as counts (`kept.{subset}`,
 `dropped.{subset}.{reason}`) so that the funnel does not count a pair once per recipe. Every
 recipe also gets `dataset/{name}/_recipe.json` (its bounds and totals) and `sizes.json` (samples
@@ -41,7 +43,8 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from .. import extra_columns, fsio, runner, shards
-from ..recipes import KEEP, Recipe, count_reasons, resolve_recipes, score_columns
+from ..neardup import phases as neardup
+from ..recipes import KEEP, Recipe, apply_duplicates, count_reasons, resolve_recipes, score_columns
 from ..runner import Outcome, Partition, StageReport
 from ..schema import DATASET_SCHEMA, IMAGES_SCHEMA, STATUS_OK, SUBSETS
 
@@ -117,6 +120,14 @@ def carried_schema(shard: InputShard) -> pa.Schema:
     return pa.schema([schema.field(n) for n in names])
 
 
+def _read_meta(path: str, extras: list[str]) -> pa.Table:
+    """The download columns select carries (and `extras`, a URL list's columns), `phash` null for
+    shards written before it existed."""
+    has_phash = "phash" in _meta_schema(path).names
+    meta = _read(path, DOWNLOAD_COLUMNS + (["phash"] if has_phash else []) + extras)
+    return meta if has_phash else meta.append_column("phash", pa.nulls(meta.num_rows, pa.int64()))
+
+
 def scored_rows(shard: InputShard, carried: bool = False) -> pa.Table:
     """The shard's successfully scored pairs joined with their download metadata (and, with
     `carried`, its URL-list columns), in input-key order: downloads finish (and so are written
@@ -125,8 +136,8 @@ def scored_rows(shard: InputShard, carried: bool = False) -> pa.Table:
     scores = _read(shard.scores)
     scores = scores.filter(pc.equal(scores["status"], STATUS_OK)).drop_columns(["status", "error_message"])
     extras = carried_schema(shard).names if carried else []
-    meta = _read(shard.meta, DOWNLOAD_COLUMNS + extras)
-    joined = scores.join(meta.select(DOWNLOAD_COLUMNS), "key", join_type="left outer", use_threads=False).sort_by("key")
+    meta = _read_meta(shard.meta, extras)
+    joined = scores.join(meta.select(DOWNLOAD_COLUMNS + ["phash"]), "key", join_type="left outer", use_threads=False).sort_by("key")
     if extras:  # by position, not in the join: a hash join takes no nested (list, struct) payload columns
         at = pc.index_in(joined["key"], value_set=meta["key"])
         for name in extras:
@@ -134,15 +145,19 @@ def scored_rows(shard: InputShard, carried: bool = False) -> pa.Table:
     return joined
 
 
-def shard_reasons(recipe: Recipe, shard: InputShard, table: pa.Table | None = None) -> np.ndarray:
+def shard_reasons(recipe: Recipe, shard: InputShard, table: pa.Table | None = None, drops: dict[str, str] | None = None) -> np.ndarray:
+    """Per row of `scored_rows`: 0 = keep, else the code of its drop reason: the first bound it
+    fails, else near-duplicate removal's reason (`drops`: key -> reason) when it has one."""
     table = scored_rows(shard) if table is None else table
-    return recipe.reasons(shard.subset, score_columns(table))
+    return apply_duplicates(recipe.reasons(shard.subset, score_columns(table)), table["key"].to_pylist(), drops)
 
 
-def count_kept(recipes: list[Recipe], shard: InputShard) -> dict[str, int]:
-    """Kept pairs of one input shard, per recipe that draws from its subset (a planning task)."""
+def count_kept(recipes: list[Recipe], shard: InputShard, drop_files: list[str] | None = None) -> dict[str, int]:
+    """Kept pairs of one input shard, per recipe that draws from its subset (a planning task);
+    `drop_files`: near-duplicate removal's results, when it is on."""
     table = scored_rows(shard)
-    return {r.name: int((shard_reasons(r, shard, table) == KEEP).sum()) for r in recipes if shard.subset in r.subsets}
+    drops = neardup.shard_drops("", [shard.name], drop_files).get(shard.name) if drop_files is not None else None
+    return {r.name: int((shard_reasons(r, shard, table, drops) == KEEP).sum()) for r in recipes if shard.subset in r.subsets}
 
 
 # --- plan -----------------------------------------------------------------------------------------
@@ -152,7 +167,8 @@ def _digits(samples_per_shard: int) -> int:
     return max(4, len(str(samples_per_shard - 1)))
 
 
-def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], samples_per_shard: int) -> list[Partition]:
+def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], samples_per_shard: int,
+                extra_upstream: tuple[tuple[str, str, str], ...] = ()) -> list[Partition]:
     """Cut the recipe's kept pairs (input order) into output shards of `samples_per_shard`.
 
     Each output partition lists its slices (input shard, first, last kept index) and the input
@@ -179,7 +195,7 @@ def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], 
     for i in range(n_parts):
         names = sorted({n for n, _, _ in slices[i]} | set(owned[i]))
         inputs = tuple(p for n in names for p in (by_name[n].scores, by_name[n].meta, by_name[n].tar))
-        upstream = tuple(by_name[n].upstream for n in names if by_name[n].upstream is not None)
+        upstream = tuple(by_name[n].upstream for n in names if by_name[n].upstream is not None) + extra_upstream
         fp = runner.fingerprint(
             NAME, VERSION, recipe.identity(), samples_per_shard, slices[i], owned[i], {n: by_name[n].identity() for n in names},
             upstream,
@@ -196,20 +212,32 @@ def plan_recipe(recipe: Recipe, inputs: list[InputShard], kept: dict[str, int], 
     return parts
 
 
-def plan(out: str, wf: Any, client: Any = None) -> list[Partition]:
+def plan(out: str, wf: Any, client: Any = None, *, find_duplicates: bool = False) -> list[Partition]:
     """All output partitions of all recipes. With a Dask client the per-shard counting runs on
-    the cluster; without one (e.g. `status`) it runs here."""
+    the cluster; without one (e.g. `status`) it runs here. With `find_duplicates` (the stage's
+    run) near-duplicate removal's phases run first (laion_pipe.neardup); otherwise the results
+    they left are used, and a partition whose results are not current is pending."""
     recipes = resolve_recipes(wf.select)
     found = input_shards(out)
+    ref = None
+    if wf.select.neardup.enabled:
+        if find_duplicates:
+            report = neardup.run(out, wf, client, found)
+            if report is not None and report.failed:
+                raise RuntimeError(f"near-duplicate removal failed: {report.failed[0]['error']} (see laion-pipe status)")
+        ref = neardup.reference(out, wf, found)
+    elif find_duplicates:
+        neardup.run(out, wf, client, found)  # off: removes earlier results
+    files = neardup.drop_files(out) if ref is not None else None
     if client is not None and found:
-        futures = client.map(count_kept, [recipes] * len(found), found, pure=False)
+        futures = client.map(count_kept, [recipes] * len(found), found, [files] * len(found), pure=False)
         counts = client.gather(futures)
     else:
-        counts = [count_kept(recipes, s) for s in found]
+        counts = [count_kept(recipes, s, files) for s in found]
     parts = []
     for r in recipes:
         kept = {s.name: c.get(r.name, 0) for s, c in zip(found, counts)}
-        parts += plan_recipe(r, found, kept, wf.select.samples_per_shard)
+        parts += plan_recipe(r, found, kept, wf.select.samples_per_shard, (ref,) if ref else ())
     return parts
 
 
@@ -222,7 +250,7 @@ def recipe_files(recipes: list[Recipe]) -> list[str]:
 
 def run(out: str, wf: Any, client: Any) -> StageReport:
     recipes = resolve_recipes(wf.select)
-    parts = plan(out, wf, client)
+    parts = plan(out, wf, client, find_duplicates=True)
     report = runner.run_stage(NAME, parts, process, out, wf, client, keep=recipe_files(recipes))
     _write_recipe_summaries(out, recipes, parts)
     return report
@@ -293,6 +321,7 @@ def _dataset_row(row: dict, subset: str, key: str, carried: tuple[str, ...] = ()
         "key": key,
         "uid": row["uid"],
         "subset": subset,
+        "phash": row.get("phash"),
         **{c: row.get(c) for c in carried},
     }
 
@@ -353,6 +382,7 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     paths = shards.dataset_shard(recipe.name, index)
 
     needed = {n for n, _, _ in part.param("slices")} | set(part.param("owned"))
+    drops = neardup.shard_drops(out, needed) if wf.select.neardup.enabled else {}
     tables: dict[str, tuple[pa.Table, np.ndarray]] = {}
     sliced = {n for n, _, _ in part.param("slices")}
     schema = dataset_schema(extra_columns.merge_schemas(carried_schema(_parse_shard(n, out)) for n in sorted(sliced)))
@@ -360,7 +390,7 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     for name in sorted(needed):
         shard = _parse_shard(name, out)
         table = scored_rows(shard, carried=name in sliced)
-        tables[name] = (table, shard_reasons(recipe, shard, table))
+        tables[name] = (table, shard_reasons(recipe, shard, table, drops.get(name)))
 
     # drops and keeps of the input shards this partition reports
     for name in part.param("owned"):

@@ -23,12 +23,14 @@ def _key(path: str) -> str:
     return path.rpartition("/")[2][: -len(".json")]
 
 
-def _sum_manifests(items: Iterable[tuple[str, str, bool]]) -> list[dict]:
-    """Read and sum a batch of (stage, manifest path, is_phase): one dict per stage. A stage's
-    internal phases (`_state/dedup.reduce/`) contribute their drop reasons to the stage; its
-    partitions, kept rows and counts come from the stage's own (final) manifests."""
+def _sum_manifests(items: Iterable[tuple[str, str, bool, str | None]]) -> list[dict]:
+    """Read and sum a batch of (stage, manifest path, is_phase, the plan's fingerprint): one dict
+    per stage. A stage's internal phases (`_state/dedup.reduce/`) contribute their drop reasons
+    to the stage; its partitions, kept rows and counts come from the stage's own (final)
+    manifests. A manifest done with another fingerprint than its plan's is an older result of
+    that partition: not counted (the runner's rule)."""
     acc: dict[str, dict] = {}
-    for stage, path, is_phase in items:
+    for stage, path, is_phase, planned_fp in items:
         key = _key(path)
         try:
             m = fsio.read_json(path)
@@ -39,6 +41,8 @@ def _sum_manifests(items: Iterable[tuple[str, str, bool]]) -> list[dict]:
         a = acc.setdefault(stage, {"stage": stage, "seen": set(), "done": 0, "failed": 0, "kept": Counter(),
                                    "drops": {}, "counts": Counter()})
         status = m.get("status")
+        if status == "done" and planned_fp is not None and m.get("fingerprint") != planned_fp:
+            continue
         if is_phase:
             if status == "done":
                 for subset, reasons in (m.get("drops") or {}).items():
@@ -57,18 +61,20 @@ def _sum_manifests(items: Iterable[tuple[str, str, bool]]) -> list[dict]:
     return list(acc.values())
 
 
-def _planned(run_dir: str, stage: str) -> frozenset[str] | None:
+def _planned(run_dir: str, stage: str) -> dict[str, str | None] | None:
+    """Key -> fingerprint of the stage's current plan (None: a plan written before plans
+    recorded fingerprints), or None when the stage has no plan."""
     path = fsio.join(run_dir, STATE_DIR, stage, "_plan.json")
     if not fsio.exists(path):
         return None
     plan = fsio.read_json(path)
-    return frozenset(p["key"] for p in plan["partitions"])  # type: ignore[index]
+    return {p["key"]: p.get("fingerprint") for p in plan["partitions"]}  # type: ignore[index]
 
 
 def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
     """The funnel of a run directory: one FunnelStage per stage that has a plan or manifests."""
-    items: list[tuple[str, str, bool]] = []
-    plans: dict[str, frozenset[str] | None] = {}
+    items: list[tuple[str, str, bool, str | None]] = []
+    plans: dict[str, dict[str, str | None] | None] = {}
     for stage in FUNNEL_STAGES:
         phases = [stage] + sorted(
             d.rstrip("/").rpartition("/")[2] for d in fsio.glob(fsio.join(run_dir, STATE_DIR, f"{stage}.*"))
@@ -80,7 +86,8 @@ def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
             if phase == stage:
                 plans[stage] = planned
             # A manifest whose key the current plan no longer has belongs to an older plan: not counted.
-            items += [(stage, p, phase != stage) for p in paths if planned is None or _key(p) in planned]
+            items += [(stage, p, phase != stage, None if planned is None else planned[_key(p)])
+                      for p in paths if planned is None or _key(p) in planned]
     partials: list[dict] = []
     if items:
         bag = db.from_sequence(items, partition_size=_PER_TASK).map_partitions(_sum_manifests)
@@ -103,7 +110,7 @@ def compute_funnel(run_dir: str, client) -> list[FunnelStage]:
             counts.update(p["counts"])
             for subset, reasons in p["drops"].items():
                 drops.setdefault(subset, Counter()).update(reasons)
-        f.pending = len((plans[stage] or frozenset()) - seen)
+        f.pending = len(set(plans[stage] or ()) - seen)
         f.kept = dict(kept)
         f.counts = dict(counts)
         f.drops = {s: dict(sorted(r.items(), key=lambda kv: (-kv[1], kv[0]))) for s, r in drops.items()}

@@ -244,15 +244,18 @@ TRAIN_DIR, EVAL_DIR = "train", "eval"
 
 TRAINING_HEADERS = ["Training run", "Steps logged", "Last step", "Last loss", "Min loss", "Samples/s (mean)",
                     "Data wait (mean)", "Epoch"]
-EVAL_HEADERS = ["Model", "CLIP score", "Retrieval top-1", "FD-CLIP", "Prompts", "Sampler", "Steps", "Guidance",
-                "Seeds"]
+EVAL_HEADERS = ["Model", "CLIP score", "Retrieval top-1 (chance)", "FD-CLIP [95% interval]", "KID [95% interval]",
+                "Images: generated / real", "Prompts", "Sampler", "Steps", "Guidance", "Seeds"]
 EVAL_DEFINITIONS = [
     "CLIP score: mean cosine similarity between each generated image and its prompt, with the run's scoring CLIP "
     "(higher is better).",
     "Retrieval top-1: share of generated images whose own prompt the CLIP ranks first among all evaluation prompts "
-    "(higher is better).",
+    "(higher is better); chance: what a model ignoring its prompt gets at best, the most frequent prompt's share.",
     "FD-CLIP: Fréchet distance between the CLIP image embeddings of generated and held-out real images "
-    "(lower is better; not FID, which uses Inception features).",
+    "(lower is better; not FID, which uses Inception features); biased upwards when there are fewer images than "
+    "embedding dimensions, so compare it only at equal counts, with its bootstrap interval.",
+    "KID: unbiased squared MMD (cubic polynomial kernel) between the same embeddings; about 0 when both sets come "
+    "from one distribution, at any sample size.",
 ]
 GRID_MAX_BYTES = 768 * 1024
 """An evaluation grid above this is re-encoded (JPEG, at most GRID_MAX_WIDTH wide) before embedding:
@@ -378,13 +381,27 @@ def read_evals(out: str) -> tuple[list[dict], list[str]]:
         seeds_text = (f"{len(seeds)} ({seeds[0]}…{seeds[-1]})" if isinstance(seeds, list) and len(seeds) > 1
                       else _fmt(seeds[0] if isinstance(seeds, list) and seeds else seeds, "{}"))
         guidance = m.get("guidance_scale", m.get("guidance"))
-        cells = [name, _fmt(_num(m.get("clip_score")), "{:.4f}"), _fmt(_num(m.get("retrieval_top1")), "{:.3f}"),
-                 _fmt(_num(m.get("fd_clip")), "{:.4f}"), _fmt(m.get("n_prompts"), "{:,}"), _fmt(m.get("sampler"), "{}"),
+        chance = _num(m.get("retrieval_chance"))
+        retrieval = _fmt(_num(m.get("retrieval_top1")), "{:.3f}") + (f" ({chance:.3f})" if chance is not None else "")
+        cells = [name, _fmt(_num(m.get("clip_score")), "{:.4f}"), retrieval,
+                 _with_interval(m, "fd_clip", "{:.4f}"), _with_interval(m, "kid_clip", "{:.5f}"),
+                 f"{_fmt(m.get('n_images'), '{:,}')} / {_fmt(m.get('n_real'), '{:,}')}",
+                 _fmt(m.get("n_prompts"), "{:,}"), _fmt(m.get("sampler"), "{}"),
                  _fmt(m.get("steps"), "{}"), _fmt(guidance, "{:g}"), seeds_text]
         model = m.get("model") or m.get("model_path") or ""
         meta = f"model {model}" if model else ""
         evals.append({"name": name, "cells": cells, "grid": grid, "meta": meta})
+        if m.get("training_data_note"):
+            notes.append(f"eval/{name}: {m['training_data_note']}")
     return evals, notes
+
+
+def _with_interval(m: dict, key: str, fmt: str) -> str:
+    value, interval = _num(m.get(key)), m.get(f"{key}_interval")
+    text = _fmt(value, fmt)
+    if value is not None and isinstance(interval, list) and len(interval) == 2:
+        text += " [" + ", ".join(fmt.format(v) for v in interval) + "]"
+    return text
 
 
 # --- the page -------------------------------------------------------------------------------------

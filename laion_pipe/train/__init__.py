@@ -6,5 +6,6 @@
 - `loop.py`: the one training loop (accelerate); `checkpoint.py`, `metrics.py` its files.
 - `sampling.py`: `load_generator` / `Generator.generate` / `save_grid` (validation, evaluate).
 - `stage.py`: `laion-pipe train` (`run`), `preflight.py` its checks, `holdout.py` holdout.json.
-- `launch.py`: torchrun commands and SLURM/PBS job scripts; `worker.py` the per-process entry.
+- `launch.py`: torchrun commands and SLURM/PBS job scripts; `worker.py` the per-process entry;
+  `elastic.py` torchrun with the first failing process written down for the stage.
 """

@@ -4,14 +4,23 @@ A checkpoint is `train/{name}/checkpoint-{step}/`: accelerate's `save_state` (op
 scheduler, gradient scaler, every process's RNG states), the UNet (and its EMA) in diffusers'
 `save_pretrained` layout so the folder also loads as a model (`sampling.load_generator`), the
 noise scheduler, `laion_pipe_model.json`, and one `train_state-rank{r}.json` + `rng-rank{r}.pt`
-per process: the step, the data position of that rank (epoch and samples taken in it) and the
-state of the generator that draws its noise and timesteps.
+per process: the step, the data position of that rank (epoch, samples taken in it, and with
+several loader workers the batches each handed out) and the state of the generator that draws
+its noise and timesteps.
+
+Who writes what: the UNet, its EMA, the scheduler, the model info, the optimizer, LR scheduler and
+scaler are one copy shared by all ranks and are written by the main process only (as diffusers'
+training scripts guard their save hooks, and accelerate's `save_state` its own files); every
+rank writes its own RNG states (accelerate's `random_states_{r}.pkl`, our `rng-rank{r}.pt`) and
+data position (`train_state-rank{r}.json`).
 
 Every process writes into `.tmp-checkpoint-{step}/`; once all have written (a barrier), the main
-process renames it to `checkpoint-{step}`. A kill at any moment therefore leaves either a
-complete checkpoint or a temporary folder that the next start removes, never a half checkpoint
-under a final name. This assumes the training directory is on a file system every node sees, as
-accelerate's own multi-node checkpoints do.
+process alone renames it to `checkpoint-{step}` and prunes old checkpoints, and no rank goes on
+before it is done (a second barrier). A kill at any moment therefore leaves either a complete
+checkpoint or a temporary folder that the next start removes, never a half checkpoint under a
+final name; a resumed job starts from the checkpoint the main process picked. This assumes the
+training directory is on a file system every node sees, as accelerate's own multi-node
+checkpoints do.
 """
 from __future__ import annotations
 
@@ -37,6 +46,8 @@ class RankState:
     epoch: int = 0  # this rank's current epoch of the data
     samples_in_epoch: int = 0  # samples this rank took from the loader in that epoch
     samples_seen: int = 0  # samples this rank trained on since the start
+    worker_batches: list[int] | None = None  # batches each loader worker handed out in that epoch (loader.Position)
+    next_worker: int = 0  # the loader worker whose batch comes next
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -109,8 +120,18 @@ def read_rank_state(folder: Path, rank: int) -> tuple[RankState, torch.Tensor]:
     return state, rng
 
 
-def publish(tmp: Path, dest: Path) -> None:
-    """Rename a finished temporary checkpoint into place (main process, after the barrier)."""
-    if dest.exists():  # the same step written before a kill that came after the rename
-        shutil.rmtree(dest)
+def publish(tmp: Path, dest: Path, world_size: int = 1) -> None:
+    """Rename a finished temporary checkpoint into place (main process, after the barrier that
+    every rank reaches once it has written its files). A folder missing a rank's state is not
+    published: resuming from it would fail or, worse, restart that rank's data."""
+    missing = [r for r in range(world_size) if not (tmp / f"train_state-rank{r}.json").is_file()]
+    if missing:
+        raise RuntimeError(f"{tmp}: no state from rank(s) {missing}; not publishing an incomplete checkpoint")
+    if dest.exists():  # the same step written before (a kill after the rename): moved aside, then removed
+        old = tmp.with_name(f"{tmp.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     os.replace(tmp, dest)

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .checkpoint import RankState
-from .loader import LoaderSpec, SampleFilter, make_loader
+from .. import fsio
+from .decontaminate import FILE as DECONTAMINATION
+from .decontaminate import excluded
+from .loader import LoaderSpec, Position, ResumePlan, SampleFilter, loader_of, make_pipeline
 
 
 def loader_spec(wf, out: str, *, holdout: str = "exclude") -> LoaderSpec:
@@ -32,6 +35,7 @@ def loader_spec(wf, out: str, *, holdout: str = "exclude") -> LoaderSpec:
         holdout_fraction=cfg.holdout_fraction,
         holdout=holdout,
         num_workers=cfg.num_workers,
+        exclude=excluded(fsio.join(out, "train", cfg.name, DECONTAMINATION)) if holdout == "exclude" else frozenset(),
     )
 
 
@@ -42,15 +46,25 @@ class EmptyEpoch(RuntimeError):
 def epoch_batches(spec: LoaderSpec, state: RankState, *, rank: int, world_size: int,
                   tokenize: Callable | None) -> Iterator[dict]:
     """Batches forever, epoch after epoch, starting at `state`'s data position and keeping it up
-    to date: `state.samples_in_epoch` counts the samples of the batches handed out, so a
-    checkpoint taken between two batches resumes with the next one."""
+    to date: `state.samples_in_epoch` counts the samples of the batches handed out, and with
+    several loader workers `state.worker_batches` / `next_worker` each worker's batches (the
+    loader's `Position`), so a checkpoint taken between two batches resumes with the next one
+    without replaying the epoch in this process."""
+    workers = max(spec.num_workers, 1)
     while True:
-        loader = make_loader(spec, tokenize=tokenize, rank=rank, world_size=world_size,
-                             epoch=state.epoch, start_sample=state.samples_in_epoch)
+        saved = None
+        if workers > 1 and state.samples_in_epoch and state.worker_batches and len(state.worker_batches) == workers:
+            saved = ResumePlan(state.next_worker, tuple(state.worker_batches))
+        stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size,
+                               epoch=state.epoch, start_sample=state.samples_in_epoch, plan=saved)
+        plan = stream.plan  # the saved one, or the one replaying found (None: one worker, or the epoch's start)
+        position = Position(list(plan.skip), plan.first) if plan is not None else Position.start(workers)
         got = False
-        for batch in loader:
+        for batch in loader_of(stream):
             got = True
             state.samples_in_epoch += len(batch["key"])
+            position.take(batch)
+            state.worker_batches, state.next_worker = list(position.batches), position.next_worker
             yield batch
         if not got and state.samples_in_epoch == 0:
             raise EmptyEpoch(
@@ -59,3 +73,4 @@ def epoch_batches(spec: LoaderSpec, state: RankState, *, rank: int, world_size: 
             )
         state.epoch += 1
         state.samples_in_epoch = 0
+        state.worker_batches, state.next_worker = None, 0

@@ -32,12 +32,35 @@ def worker_args(out: str, workflow: str, *, prepared: bool = False, progress: bo
     return args
 
 
-def local_command(wf, out: str, workflow: str, *, python: str | None = None, progress: bool = True) -> list[str]:
-    """torchrun on this machine: `processes_per_node` workers, a free rendezvous port
-    (--standalone), the stage having prepared the run already."""
-    n = wf.train.launch.processes_per_node
-    return [python or sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-            "--nproc_per_node", str(n), *worker_args(out, workflow, prepared=True, progress=progress)]
+def rendezvous_args(master_port: int | None) -> list[str]:
+    """torchrun's rendezvous on this machine: `--standalone` (a c10d store on a free port, so
+    two trainings on one machine never meet on 29500) unless `train.launch.master_port` names
+    a port (torchrun's static rendezvous on 127.0.0.1)."""
+    if master_port is None:
+        return ["--standalone"]
+    return ["--master-addr", "127.0.0.1", "--master-port", str(master_port)]
+
+
+def local_command(wf, out: str, workflow: str, *, python: str | None = None, progress: bool = True,
+                  root_cause: str | None = None, log_dir: str | None = None) -> list[str]:
+    """torchrun on this machine: `processes_per_node` workers, the stage having prepared the run
+    already. With `root_cause`, torchrun runs through `elastic.py`, which writes the first
+    failure there; `log_dir` is torchrun's folder for the workers' error files."""
+    L = wf.train.launch
+    run = ["-m", "laion_pipe.train.elastic", "--root-cause", root_cause] if root_cause else ["-m", "torch.distributed.run"]
+    logs = ["--log-dir", log_dir] if log_dir else []
+    return [python or sys.executable, *run, *rendezvous_args(L.master_port), "--nnodes", "1",
+            "--nproc_per_node", str(L.processes_per_node), *logs,
+            *worker_args(out, workflow, prepared=True, progress=progress)]
+
+
+def _master_port(L) -> str:
+    """The job's rendezvous port: `train.launch.master_port`, else one the first node finds free
+    when the job starts (the batch script runs there, and MASTER_ADDR is that node)."""
+    if L.master_port is not None:
+        return str(L.master_port)
+    probe = 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+    return f"$({shlex.quote(L.python)} -c {shlex.quote(probe)})"
 
 
 def _torchrun_multinode(wf, out: str, workflow: str, nodes_var: str) -> str:
@@ -92,7 +115,7 @@ def train_job_script(wf, out: str | None = None) -> str:
         head += [f"#SBATCH --partition={queue}"] if queue else []
         head += [f"#SBATCH --account={account}"] if account else []
         body = [*L.setup, 'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-                f"export MASTER_PORT={L.master_port}", "export JOB_ID=$SLURM_JOB_ID",
+                f"export MASTER_PORT={_master_port(L)}", "export JOB_ID=$SLURM_JOB_ID",
                 *_workflow_heredoc(wf, out, wpath),
                 f"srun --ntasks-per-node=1 {_torchrun_multinode(wf, out, wpath, '$SLURM_NNODES')}"]
     else:
@@ -105,7 +128,7 @@ def train_job_script(wf, out: str | None = None) -> str:
         # pbsdsh -u runs one command per node of the job, in a bare environment: each node runs a
         # script written here with this job's values filled in (an unquoted here-document).
         body = ['cd "$PBS_O_WORKDIR"', *L.setup, 'export MASTER_ADDR=$(head -n 1 "$PBS_NODEFILE")',
-                f"export MASTER_PORT={L.master_port}", 'export JOB_ID="$PBS_JOBID"', f"export NNODES={L.nodes}",
+                f"export MASTER_PORT={_master_port(L)}", 'export JOB_ID="$PBS_JOBID"', f"export NNODES={L.nodes}",
                 *_workflow_heredoc(wf, out, wpath),
                 f"cat > {shlex.quote(node_script)} <<LAION_PIPE_NODE", "#!/bin/bash", "set -euo pipefail",
                 "cd $PBS_O_WORKDIR", *L.setup,

@@ -14,7 +14,11 @@ dropout (hashed from seed, epoch, shard and key, so they do not depend on what w
 The same (seed, epoch) gives the same batches in the same order; resuming at `start_sample`
 replays the stream up to that point (reading, checks and decoding, which decide what a batch
 holds; not resizing, collating or tokenizing) and hands out exactly the batches an uninterrupted
-run would have handed out after it.
+run would have handed out after it. Each batch names the logical worker that made it
+(`worker`), so the trainer can checkpoint every worker's position (`ResumePlan`): resuming from
+it, each worker replays only its own part of the epoch up to its cut, all in parallel. Without
+a plan (a checkpoint of an older version), the training process first replays every worker's
+part itself to find where the cut falls, which reads the epoch's prefix twice.
 
 Nothing in the data crashes the feed: a sample that cannot be decoded, has no caption or fails
 a filter is skipped and counted, and each batch carries the counts since the previous batch of
@@ -84,6 +88,8 @@ class LoaderSpec:
     holdout_fraction: float = 0.0
     holdout: Literal["exclude", "only", "all"] = "exclude"
     num_workers: int = 2
+    exclude: frozenset[str] = frozenset()
+    """Samples never read, as "shard\x1fkey" (decontamination: copies of evaluation images)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sources, str):
@@ -223,6 +229,9 @@ def _checked(samples: Iterable[dict], spec: LoaderSpec, counts: Counter) -> Iter
         if holdout_on and is_holdout(key, spec.holdout_fraction) != (spec.holdout == "only"):
             counts["holdout" if spec.holdout == "exclude" else "not_holdout"] += 1
             continue
+        if spec.exclude and f"{s.get('__url__', '')}\x1f{key}" in spec.exclude:
+            counts["decontaminated"] += 1
+            continue
         meta: dict = {}
         if "json" in s:
             try:
@@ -334,16 +343,77 @@ def collate(items: list[_Item], target: tuple[int, int], spec: LoaderSpec, epoch
     return batch
 
 
-def worker_plan(start_sample: int, batch_size: int, num_workers: int, worker: int) -> tuple[int, int, int]:
-    """(logical worker, batches to skip, samples to skip in the next batch) for `worker` when
-    resuming after `start_sample` samples of this rank. The DataLoader takes batches from its
-    workers in turn, so the n-th batch came from worker n mod W; after a restart, physical worker
-    0 takes the role of the worker whose turn was next, so the order continues unchanged.
-    Exact while every worker of the rank still had batches at that point (all but an epoch's
-    tail when shards are balanced)."""
-    n, r = divmod(start_sample, batch_size)
-    logical = (worker + n) % num_workers
-    return logical, len(range(logical, n, num_workers)), (r if logical == n % num_workers else 0)
+@dataclass(frozen=True)
+class ResumePlan:
+    """Where each logical worker of a rank stands after `start_sample` samples of an epoch.
+
+    The DataLoader hands out its workers' batches in turn, skipping a worker once it is exhausted
+    (torch's `_MultiProcessingDataLoaderIter` drops the turns of a worker that returned its end),
+    so the epoch's batches come in the order of (k, w): every worker's k-th batch, workers in
+    index order, then every worker's (k+1)-th. After a restart physical worker p plays logical
+    worker (p + first) % W, where `first` is the worker whose batch was next: that continues the
+    same order, exhausted workers included. `skip[w]` is how many batches logical worker w already
+    handed out; `partial` the samples of the next batch already taken (a cut inside a batch)."""
+
+    first: int
+    skip: tuple[int, ...]
+    partial: int = 0
+
+
+def resume_plan(start_sample: int, sizes: list[Iterable[int]]) -> ResumePlan:
+    """The plan after `start_sample` samples, from each logical worker's batch sizes in order
+    (lazy iterables: only the batches up to the cut are drawn). Batches are not all full: an
+    epoch's last batch of each worker and the last batch of each aspect bucket are partial, and a
+    worker runs out before the others when its shards hold fewer samples."""
+    workers = len(sizes)
+    streams = [iter(s) for s in sizes]
+    skip = [0] * workers
+    live = [True] * workers
+    taken = 0
+    while taken < start_sample and any(live):
+        for w in range(workers):
+            if not live[w]:
+                continue
+            n = next(streams[w], None)
+            if n is None:
+                live[w] = False
+                continue
+            if taken + n > start_sample:  # the cut falls inside this batch
+                return ResumePlan(w, tuple(skip), start_sample - taken)
+            taken += n
+            skip[w] += 1
+            if taken == start_sample:
+                return ResumePlan((w + 1) % workers, tuple(skip))
+    return ResumePlan(0, tuple(skip))
+
+
+def worker_plan(plan: ResumePlan, worker: int) -> tuple[int, int, int]:
+    """(logical worker, batches to skip, samples to skip in the next batch) of physical `worker`."""
+    logical = (worker + plan.first) % len(plan.skip)
+    return logical, plan.skip[logical], (plan.partial if logical == plan.first else 0)
+
+
+@dataclass
+class Position:
+    """Where a rank stands in an epoch, batch by batch: how many batches each logical worker
+    handed out and whose turn is next (the worker after the last one, in the DataLoader's round
+    robin; an exhausted worker's turn is skipped there as before the restart). `plan()` is the
+    ResumePlan of this position, exact without replaying anything."""
+
+    batches: list[int]
+    next_worker: int = 0
+
+    @staticmethod
+    def start(workers: int) -> Position:
+        return Position([0] * max(workers, 1))
+
+    def take(self, batch: dict) -> None:
+        w = int(batch.get("worker", 0))
+        self.batches[w] += 1
+        self.next_worker = (w + 1) % len(self.batches)
+
+    def plan(self) -> ResumePlan:
+        return ResumePlan(self.next_worker, tuple(self.batches))
 
 
 class LoaderStream(IterableDataset):
@@ -351,9 +421,17 @@ class LoaderStream(IterableDataset):
     iteration builds its webdataset pipeline for the worker it runs in."""
 
     def __init__(self, spec: LoaderSpec, pools: list[list[str]], *, tokenize: Tokenize | None, rank: int,
-                 world_size: int, epoch: int, start_sample: int) -> None:
+                 world_size: int, epoch: int, start_sample: int, plan: ResumePlan | None = None) -> None:
         self.spec, self.pools, self.tokenize = spec, pools, tokenize
         self.rank, self.world_size, self.epoch, self.start_sample = rank, world_size, epoch, start_sample
+        self.plan: ResumePlan | None = None
+        workers = max(spec.num_workers, 1)
+        if workers > 1 and plan is not None and len(plan.skip) == workers:
+            self.plan = plan  # every worker's position, as the trainer recorded it: no replay here
+        elif start_sample and workers > 1:
+            # Where the cut falls depends on every worker's batch sizes: replay them here once
+            # (reading, checks, decoding; nothing is collated), then each worker replays its own.
+            self.plan = resume_plan(start_sample, [self._sizes(w, workers) for w in range(workers)])
 
     def _on_shard_error(self, counts: Counter) -> Callable[[Exception], bool]:
         def handler(exn: Exception) -> bool:
@@ -370,6 +448,11 @@ class LoaderStream(IterableDataset):
         # split_by_node, then split_by_worker, with this job's rank rather than the environment's.
         return shards[self.rank:: self.world_size][logical::workers]
 
+    def _sizes(self, logical: int, workers: int) -> Iterator[int]:
+        """The sizes of logical worker `logical`'s batches, in order (lazily)."""
+        for group, _ in self._groups(logical, workers, Counter()):
+            yield len(group)
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -378,8 +461,39 @@ class LoaderStream(IterableDataset):
 
             cv2.setNumThreads(1)  # the DataLoader's workers are the parallelism
         spec = self.spec
-        logical, skip_batches, skip_samples = worker_plan(self.start_sample, spec.batch_size, workers, worker)
+        single = workers == 1  # one stream: the cut is where its batch sizes reach start_sample
+        left = self.start_sample
+        if not single:
+            plan = self.plan or resume_plan(0, [[] for _ in range(workers)])
+            logical, skip_batches, skip_samples = worker_plan(plan, worker)
+        else:
+            logical, skip_batches, skip_samples = 0, 0, 0
         counts: Counter = Counter()
+        targets = spec.targets()
+        carried: Counter = Counter()
+        for i, (group, skipped) in enumerate(self._groups(logical, workers, counts)):
+            if single and left:
+                if left >= len(group):
+                    left -= len(group)
+                    continue  # already consumed before the restart: decoded, never collated
+                group, left = group[left:], 0
+            elif i < skip_batches:
+                continue
+            elif i == skip_batches and skip_samples:
+                group = group[skip_samples:]
+                if not group:
+                    carried.update(skipped)
+                    continue
+            if carried:
+                skipped = dict(carried + Counter(skipped))
+                carried.clear()
+            batch = collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+            batch["worker"] = logical  # whose batch: the trainer's record of every worker's position
+            yield batch
+
+    def _groups(self, logical: int, workers: int, counts: Counter) -> Iterator[tuple[list[_Item], dict]]:
+        """The batches (items, skip counts) logical worker `logical` of `workers` makes, uncollated."""
+        spec = self.spec
         on_error = self._on_shard_error(counts)
         streams = [
             iter(wds.DataPipeline(
@@ -395,20 +509,7 @@ class LoaderStream(IterableDataset):
         if spec.shuffle_buffer:
             items = wds.shuffle(spec.shuffle_buffer, spec.shuffle_buffer, rng=random.Random(_seed(*where, "samples")))(items)
         targets = spec.targets()
-        plans = _grouped(_decoded(items, targets, counts), len(targets), spec.batch_size, counts)
-        carried: Counter = Counter()
-        for i, (group, skipped) in enumerate(plans):
-            if i < skip_batches:
-                continue  # already consumed before the restart: decoded, never collated
-            if i == skip_batches and skip_samples:
-                group = group[skip_samples:]
-                if not group:
-                    carried.update(skipped)
-                    continue
-            if carried:
-                skipped = dict(carried + Counter(skipped))
-                carried.clear()
-            yield collate(group, targets[group[0].bucket], spec, self.epoch, self.tokenize, skipped)
+        yield from _grouped(_decoded(items, targets, counts), len(targets), spec.batch_size, counts)
 
 
 def source_pools(spec: LoaderSpec) -> list[list[str]]:
@@ -421,7 +522,7 @@ def source_pools(spec: LoaderSpec) -> list[list[str]]:
 
 
 def make_pipeline(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int = 0, world_size: int = 1,
-                  epoch: int = 0, start_sample: int = 0) -> LoaderStream:
+                  epoch: int = 0, start_sample: int = 0, plan: ResumePlan | None = None) -> LoaderStream:
     """The streaming pipeline of this rank and epoch (an IterableDataset of batches), checked:
     sources exist and hold enough shards for world_size x num_workers readers."""
     if not 0 <= rank < world_size:
@@ -440,25 +541,34 @@ def make_pipeline(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: i
                 f"{needed}: each rank's each DataLoader worker reads whole shards, so some would get no data. "
                 f"Use fewer workers or write more, smaller shards.")
     return LoaderStream(spec, pools, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
-                        start_sample=start_sample)
+                        start_sample=start_sample, plan=plan)
 
 
 def make_loader(spec: LoaderSpec, *, tokenize: Tokenize | None = None, rank: int = 0, world_size: int = 1,
-                epoch: int = 0, start_sample: int = 0) -> wds.WebLoader:
+                epoch: int = 0, start_sample: int = 0, plan: ResumePlan | None = None) -> wds.WebLoader:
     """A DataLoader (webdataset's WebLoader) of batch dicts for this rank and epoch:
     `pixel_values` float32 [B, 3, H, W] in [-1, 1] (H = W = resolution without buckets),
     `input_ids` (when `tokenize` is given), `caption` (after dropout), `key`, `original_size`
-    and `crop_coords` LongTensor [B, 2] as (height, width) and (top, left), and `skipped`
-    (reason -> samples skipped since the worker's previous batch).
+    and `crop_coords` LongTensor [B, 2] as (height, width) and (top, left), `skipped`
+    (reason -> samples skipped since the worker's previous batch) and `worker` (the logical
+    worker that made the batch: `Position` turns these into a `ResumePlan`).
 
     `start_sample`: samples this rank already took from the loader in this epoch (the sum of
     the batch sizes it handed out), with the same spec, rank and world_size; the loader
-    continues with exactly the batches that came next (see `worker_plan` for the one limit).
+    continues with exactly the batches that came next. `plan` (with num_workers > 1): where
+    each worker stood then (`Position.plan()`), which spares the training process replaying
+    every worker's part of the epoch to find it.
     Ranks' streams differ in length: a DDP loop must end the epoch when any rank runs out.
     Each rank reads its own shards, so the loader must not go through `accelerate`'s
     `prepare` (which would dispatch rank 0's batches to every rank): move batches to the
     device directly."""
-    stream = make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
-                           start_sample=start_sample)
+    return loader_of(make_pipeline(spec, tokenize=tokenize, rank=rank, world_size=world_size, epoch=epoch,
+                                   start_sample=start_sample, plan=plan))
+
+
+def loader_of(stream: LoaderStream) -> wds.WebLoader:
+    """The DataLoader of a pipeline (`make_loader` without building it: the caller keeps the
+    stream, and with it the resume plan it settled on)."""
+    spec = stream.spec
     extra = {"prefetch_factor": 2} if spec.num_workers else {}
     return wds.WebLoader(stream, batch_size=None, num_workers=spec.num_workers, persistent_workers=False, **extra)

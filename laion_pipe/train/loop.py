@@ -226,6 +226,28 @@ def _save_final(accelerator, comps: Components, unet, ema, tdir: Path) -> Path:
     return dest
 
 
+def launched_world_size() -> int:
+    """The number of processes the launcher (torchrun, srun, mpirun) started for this job."""
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        v = os.environ.get(var, "")
+        if v.isdigit():
+            return int(v)
+    return 1
+
+
+def use_cpu(device: str, world_size: int | None = None) -> bool:
+    """accelerate's `cpu` flag for `train.device`.
+
+    `cpu` is the CPU. `auto` is the GPU accelerate finds; on a machine without one it is also
+    the CPU, but a job of several processes must then say so: told `cpu=False` under torchrun
+    with no GPU, accelerate starts no process group and every process trains alone as "the main
+    process" of a world of one, all of them writing the same checkpoint folders (issue 19)."""
+    if device == "cpu":
+        return True
+    world = launched_world_size() if world_size is None else world_size
+    return world > 1 and not torch.accelerator.is_available()
+
+
 def _accelerator(cfg):
     from accelerate import Accelerator
     from accelerate.utils import DynamoBackend, TorchDynamoPlugin
@@ -236,9 +258,21 @@ def _accelerator(cfg):
     return Accelerator(
         gradient_accumulation_steps=cfg.gradient_accumulation,
         mixed_precision=cfg.mixed_precision,
-        cpu=cfg.device == "cpu",
+        cpu=use_cpu(cfg.device),
         **kw,
     )
+
+
+def check_world(num_processes: int, distributed_type: str) -> None:
+    """Refuse to train when accelerate's world is not the one the launcher started: processes
+    that do not know of each other each train the whole run and race on its folder."""
+    launched = launched_world_size()
+    if num_processes != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} training processes but accelerate joined {num_processes} "
+            f"({distributed_type}); on a machine whose accelerator accelerate cannot spread processes over, "
+            "set train.device: cpu (gloo), or train.launch.processes_per_node: 1"
+        )
 
 
 def cpu_threads(configured: int | None) -> int:
@@ -263,6 +297,7 @@ def train(out: str, wf, *, progress: bool = True) -> dict:
     torch.set_num_threads(cpu_threads(wf.train.threads))
     accelerator = _accelerator(wf.train)
     try:
+        check_world(accelerator.num_processes, str(accelerator.distributed_type))
         return _train(accelerator, out, wf, progress=progress)
     finally:
         accelerator.end_training()
@@ -312,7 +347,9 @@ def _train(accelerator, out: str, wf, *, progress: bool) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed * SEED_STRIDE + rank)
     state = ckpt.RankState()
     resumed_from = None
-    found = ckpt.latest(tdir)
+    # the main process picks the checkpoint and tells the others: every rank resumes from the same
+    # step even where a shared file system shows ranks different listings for a while
+    found = _broadcast(accelerator, ckpt.latest(tdir) if main else None)
     if found is not None:
         step, folder = found
         _check_resumable(folder, comps)
@@ -429,15 +466,30 @@ def _log_row(accelerator, window: dict, state: ckpt.RankState, lr: float) -> dic
 
 def _checkpoint(accelerator, tdir: Path, state: ckpt.RankState, gen: torch.Generator, rank: int,
                 limit: int | None) -> None:
+    """One checkpoint, written by every process into `.tmp-checkpoint-{step}/`: the main process
+    writes what is shared (the UNet and EMA through the save hook, optimizer, LR scheduler and
+    scaler through accelerate), every rank its own RNG states and data position. Only when all
+    have written (a barrier) does the main process publish the folder and then prune old ones;
+    nobody goes on before that is done (a second barrier), so no rank ever writes into a folder
+    that was renamed or removed."""
     tmp = ckpt.tmp_dir(tdir, state.step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     ckpt.write_rank_state(tmp, rank, state, gen)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.publish(tmp, ckpt.final_dir(tdir, state.step))
+        ckpt.publish(tmp, ckpt.final_dir(tdir, state.step), world_size=accelerator.num_processes)
         ckpt.prune(tdir, limit)
     accelerator.wait_for_everyone()
+
+
+def _broadcast(accelerator, value: Any) -> Any:
+    """The main process's `value` on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
 
 
 def _gather_counts(accelerator, counts: Counter) -> Counter:

@@ -5,6 +5,10 @@ also does the stage's bookkeeping around it: the checks and `holdout.json` befor
 stage that launched the processes did them: `--prepared`), `loss.png` and the manifest after.
 In a batch job, where no `laion-pipe train` runs around the processes, that makes the job's
 result the same as a local run's.
+
+`main` is decorated with torch.distributed.elastic's `@record`: an exception in any process is
+written to the error file torchrun gives it (TORCHELASTIC_ERROR_FILE), so torchrun's summary,
+and the stage's record (`elastic.py`), show that process's traceback as the root cause.
 """
 from __future__ import annotations
 
@@ -13,7 +17,10 @@ import os
 import sys
 import time
 
+from torch.distributed.elastic.multiprocessing.errors import record
 
+
+@record
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m laion_pipe.train.worker", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="run directory")
