@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from laion_pipe import runner  # noqa: E402
 from bench_download import image_set, open_server, run_measured, successes  # noqa: E402 - the sibling benchmark
 
 HOSTS = ["i.pinimg.com", "cdn.shopify.com", "images-na.ssl-images-amazon.com", "upload.wikimedia.org", "i.ebayimg.com",
@@ -77,9 +78,9 @@ def laion_table(n: int, url_of, seed: int = 0) -> pa.Table:
 
 
 def stage_times(run: Path, stage: str) -> tuple[float, float]:
-    """(wall seconds from the first partition's start to the last one's end, summed task seconds)."""
-    ms = [json.loads(p.read_text()) for p in (run / "_state" / stage).glob("*.json") if not p.name.startswith("_")]
-    ms = [m for m in ms if m.get("status") == "done"]
+    """(wall seconds from the first partition's start to the last one's end, summed task seconds),
+    over the stage's current partitions (its plan, as a downstream stage reads it)."""
+    ms = [d.manifest for d in runner.current(str(run), stage)]
     if not ms:
         return math.nan, math.nan
     return max(m["finished"] for m in ms) - min(m["started"] for m in ms), sum(m["seconds"] for m in ms)
@@ -165,7 +166,7 @@ def big_extract(args, work: Path, env: dict) -> None:
         print((work / "big.log").read_text()[-3000:], file=sys.stderr)
         raise SystemExit(f"laion-pipe extract failed (exit {rc})")
     stage_wall, task_s = stage_times(run, "extract")
-    kept = sum(pq.ParquetFile(p).metadata.num_rows for p in (run / "candidates").glob("*/*.parquet"))
+    kept = sum(pq.ParquetFile(p).metadata.num_rows for p in runner.current_outputs(str(run), "extract"))
     peaks = sorted(per_process.values(), reverse=True)
     print(f"laion-pipe extract: {args.big_rows:,} rows ({kept:,} pairs kept) in {wall:.1f} s = {args.big_rows / wall:,.0f} rows/s "
           f"over the whole command; the extract stage {stage_wall:.1f} s = {args.big_rows / stage_wall:,.0f} rows/s "
