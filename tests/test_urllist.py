@@ -12,6 +12,7 @@ import io
 import json
 import subprocess
 import sys
+import sysconfig
 import threading
 from functools import partial
 from pathlib import Path
@@ -100,6 +101,15 @@ def run_extract(out: Path, inputs: list[str], *overrides: str) -> tuple[list[dic
         for subset in SUBSETS:
             rows += pq.read_table(out / extract.output_path(part.key, subset)).to_pylist()
     return rows, manifests
+
+
+def console_command() -> str:
+    """The installed `laion-pipe` script, beside this interpreter (as tests/test_cli.py finds it):
+    the command a user types, not `python -m`."""
+    folders = [Path(sysconfig.get_path("scripts")), Path(sys.executable).parent]
+    script = next((f / "laion-pipe" for f in folders if (f / "laion-pipe").is_file()), None)
+    assert script is not None, f"no laion-pipe script in {folders}"
+    return str(script)
 
 
 def pairs(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -211,7 +221,7 @@ def test_cli_as_a_user_types_it(tmp_path):
     wat = tmp_path / "pages.warc.wat.gz"
     write_wat([Page("https://site.example/p.html", (("http://img.example/3.jpg", "a blue star in the night sky"),))], str(wat))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "laion_pipe", "extract", str(lst), str(wat), "--out", str(out), "--no-progress",
+    cmd = [console_command(), "extract", str(lst), str(wat), "--out", str(out), "--no-progress",
            "--set", "cluster.n_workers=1", "--set", "extract.lists.bounds=['punsafe < 0.1']"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -219,7 +229,7 @@ def test_cli_as_a_user_types_it(tmp_path):
     assert [(u, t) for u, t, _ in got] == [("http://img.example/1.jpg", "a red circle on a blue background"),
                                            ("http://img.example/3.jpg", "a blue star in the night sky")]
     assert "published_unsafe 1" in " ".join(r.stderr.split())
-    bad = subprocess.run([*cmd[:8], "--set", "extract.lists.caption_col=caption"], capture_output=True, text=True,
+    bad = subprocess.run([*cmd[:7], "--set", "extract.lists.caption_col=caption"], capture_output=True, text=True,
                          timeout=300, cwd=REPO)
     msg = " ".join(bad.stderr.split())
     assert bad.returncode == 2 and "has no column 'caption'" in msg and "its columns: URL, TEXT, punsafe" in msg, msg

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 
 from laion_pipe.demo.run import demo_workflow
 from laion_pipe.pipeline import PIPELINE_STAGES, run_stages
+from test_urllist import console_command
 
 pytestmark = pytest.mark.slow
 
@@ -176,7 +176,7 @@ def test_cli_run_from_a_list_and_demo_from_list(runs, tmp_path, monkeypatch):
     world, _, root = runs
     wf_path = tmp_path / "wf.yaml"
     wf_path.write_text(yaml.safe_dump(demo_workflow([world.list_path], str(tmp_path / "run"), OVERRIDES).model_dump(mode="json")))
-    r = subprocess.run([sys.executable, "-m", "laion_pipe", "run", str(wf_path), "--stages", "extract,dedup", "--no-progress",
+    r = subprocess.run([console_command(), "run", str(wf_path), "--stages", "extract,dedup", "--no-progress",
                         "--set", "cluster.n_workers=1"], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     plan = json.loads((tmp_path / "run" / "_state" / "extract" / "_plan.json").read_text())
@@ -188,6 +188,6 @@ def test_cli_run_from_a_list_and_demo_from_list(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(demo_run, "main_demo", lambda **kw: seen.update(kw) or 0)
     assert cli.main(["demo", "--from-list", "--no-train", "--out", str(tmp_path / "d")]) == 0
     assert seen["from_list"] is True and seen["train"] is False
-    help_text = subprocess.run([sys.executable, "-m", "laion_pipe", "demo", "--help"], capture_output=True, text=True,
+    help_text = subprocess.run([console_command(), "demo", "--help"], capture_output=True, text=True,
                                timeout=120, cwd=REPO).stdout
     assert "--from-list" in help_text
