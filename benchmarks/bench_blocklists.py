@@ -121,7 +121,8 @@ def main() -> None:
         t = pa.table({"uid": pa.array(np.arange(args.rows)).cast(pa.string()), "url": urls,
                       "text": pa.array(["a caption"] * args.rows), "page_url": pa.array(["https://p/"] * args.rows),
                       "language": pa.array(["en"] * args.rows), "language_score": pa.array(np.full(args.rows, 0.5, np.float32)),
-                      "subset": pa.array([SUBSETS[0]] * args.rows), "license": pa.nulls(args.rows, pa.string())},
+                      "subset": pa.array([SUBSETS[0]] * args.rows), "license": pa.nulls(args.rows, pa.string()),
+                      "source": pa.nulls(args.rows, pa.string())},
                      schema=CANDIDATE_SCHEMA)
         fsio.write_parquet_atomic(t, str(out / "candidates/en/part-00000.parquet"))
         runner.write_manifest(str(out), "extract", "part-00000", fingerprint="x", inputs=[],

@@ -75,6 +75,7 @@ def make_candidates(out: Path, rows: int, rows_per_file: int, dup: float, seed: 
             "language_score": pa.array(np.full(per_file, 0.5, np.float32)),
             "subset": pa.array([subset] * per_file, pa.string()),
             "license": pa.nulls(per_file, pa.string()),
+            "source": pa.nulls(per_file, pa.string()),
         }, schema=CANDIDATE_SCHEMA)
         key = f"part-{f:05d}"
         rel = f"candidates/{subset}/{key}.parquet"

@@ -194,11 +194,12 @@ def open_server(kind: str, blobs: dict[str, bytes], root: Path, work: Path):
 # ---------------------------------------------------------------- measuring a command
 
 
-def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, int, int, float]:
+def run_measured(cmd: list[str], env: dict[str, str], log: Path, per_process: dict[int, int] | None = None) -> tuple[float, int, int, float]:
     """(wall seconds, peak PSS bytes of the whole process tree, exit code, CPU seconds).
 
     CPU seconds (user + sys of the command and the descendants it waited for) show the work
-    done independently of what else the machine runs; images/s is what the issue asks for."""
+    done independently of what else the machine runs; images/s is what the issue asks for.
+    `per_process`, if given, receives each process's own peak PSS by pid (a worker's budget)."""
     import resource
 
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -217,6 +218,8 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
                 try:
                     mi = p.memory_full_info()
                     total += getattr(mi, "pss", mi.rss)
+                    if per_process is not None:
+                        per_process[p.pid] = max(per_process.get(p.pid, 0), getattr(mi, "pss", mi.rss))
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
             peak = max(peak, total)
@@ -378,6 +381,7 @@ def main() -> int:
                             "language_score": pa.array([1.0] * m, pa.float32()),
                             "subset": ["en"] * m,
                             "license": [None] * m,
+                            "source": [None] * m,
                         },
                         schema=CANDIDATE_SCHEMA,
                     ),

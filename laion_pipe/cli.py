@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo.run import main_demo
 
-    return main_demo(out=args.out, overrides=args.overrides, train=not args.no_train)
+    return main_demo(out=args.out, overrides=args.overrides, train=not args.no_train, from_list=args.from_list)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -223,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", metavar="DIR", default="laion_demo", help="run directory (default: ./laion_demo)")
     p.add_argument("--no-train", action="store_true",
                    help="stop after the curation stages and the statistics (skip training and evaluating the demo model)")
+    p.add_argument("--from-list", action="store_true",
+                   help="start from the world's URL list (a parquet of the same pages, as img2dataset takes) instead of its WAT files")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a workflow value")
     p.set_defaults(fn=cmd_demo)
 

@@ -178,6 +178,28 @@ def _local_files(item: str) -> list[str] | None:
     return [item] if os.path.isfile(item) else None
 
 
+def _list_rows(path: str) -> int | None:
+    """Rows of a local URL list (estimated for text formats), or None when it is no list."""
+    from .crawl import urllist
+
+    layout = urllist.describe(path)
+    if layout is None:
+        return None
+    if layout.rows is not None:
+        return layout.rows
+    import zlib
+
+    with open(path, "rb") as f:
+        raw = f.read(1 << 16)
+    head, size = raw, layout.size
+    if layout.gzip:  # the first 64 kB's compression ratio stands for the file's
+        d = zlib.decompressobj(31)
+        head = d.decompress(raw, 1 << 22)
+        size = layout.size * len(head) / max(1, len(raw) - len(d.unused_data) - len(d.unconsumed_tail))
+    lines = head.count(b"\n") or 1
+    return max(1, int(size / max(1.0, len(head) / lines)))
+
+
 def count_inputs(
     inputs: Sequence[str],
     costs: Mapping[str, UnitCost],
@@ -189,7 +211,10 @@ def count_inputs(
     - a crawl id: `max_files` files when given; else, with a local `crawl_base_url`, the files
       its listing names; else the typical crawl size (`crawl.wat_files_per_crawl`), said so;
     - local files, globs and directories: each file by its size against `crawl.bytes_per_wat`;
-    - a remote file (s3://, https://): one real-size WAT file; a remote glob is not listed.
+    - a remote file (s3://, https://): one real-size WAT file; a remote glob is not listed;
+    - a local URL list (parquet, CSV, ...): its rows (a parquet file's footer; a text list's
+      bytes over its first lines' mean length) as the unique pairs of that many WAT files, so
+      the later stages see its volume (its extract, no page parsing, costs less than that).
     """
     typical = get(costs, K_WAT_FILES)
     wat_bytes = get(costs, K_WAT_BYTES).value
@@ -225,8 +250,16 @@ def count_inputs(
             if found is None:
                 notes.append(f"{item}: no such local file: not counted")
                 continue
-            local_n += len(found)
-            local_bytes += sum(os.path.getsize(f) for f in found)
+            for f in found:
+                rows = _list_rows(f)
+                if rows is None:
+                    local_n += 1
+                    local_bytes += os.path.getsize(f)
+                else:
+                    files += 1
+                    wat += rows / get(costs, K_PAIRS).value
+                    notes.append(f"{f}: a URL list of about {human(rows)} rows, counted as the unique pairs of "
+                                 f"{sig(rows / get(costs, K_PAIRS).value)} WAT files (its extract reads no pages: cheaper than that)")
     if local_n:
         files += local_n
         wat += local_bytes / wat_bytes

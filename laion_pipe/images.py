@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .neardup.phash import features
 
-ResizeMode = Literal["keep_ratio", "center_crop", "border", "no"]
+ResizeMode = Literal["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"]
 
 _PIL_ENCODE = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 _FLOAT_AREA_MAX_VALUES = 1 << 20
@@ -112,7 +112,8 @@ def looks_like_text(data: bytes) -> bool:
 
 def target_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
     """(width, height) after resizing, before any crop or padding (albumentations' rounding,
-    which img2dataset uses: SmallestMaxSize for keep_ratio/center_crop, LongestMaxSize for border)."""
+    which img2dataset uses: SmallestMaxSize for keep_ratio/center_crop, LongestMaxSize for border and
+    keep_ratio_largest)."""
     if spec.resize_mode == "no":
         return width, height
     side = min(width, height) if spec.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
@@ -124,7 +125,8 @@ def target_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
 
 def output_size(width: int, height: int, spec: ImageSpec) -> tuple[int, int]:
     """(width, height) of the stored image: the resize, then center_crop's crop or border's
-    padding (img2dataset's rules, as `resize` applies them)."""
+    padding (img2dataset's rules, as `resize` applies them); keep_ratio_largest is border's resize
+    without the padding (the long side at image_size: DataComp's download setting)."""
     s = spec.image_size
     side = min(width, height) if spec.resize_mode in ("keep_ratio", "center_crop") else max(width, height)
     if spec.resize_mode == "no" or (spec.resize_only_if_bigger and side <= s):

@@ -75,8 +75,9 @@ class Outcome:
     outputs: list[str] = field(default_factory=list)
     max_errors: int = 100
     details: dict = field(default_factory=dict)
-    """Anything else a later phase reads from the manifest (JSON-able; dedup: where a run file's
-    index lies)."""
+    """Anything else a later stage or phase reads from this partition's manifest (JSON-able, not
+    summed by reports): dedup records where a run file's index lies, extract a URL list's column
+    types."""
 
     def drop(self, reason: str, subset: str = ANY_SUBSET, n: int = 1) -> None:
         if reason not in DROP_REASONS:

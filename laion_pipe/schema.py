@@ -6,6 +6,7 @@ live inside its folder is `shards.py`'s; which stages exist is `stages/registry.
 """
 from __future__ import annotations
 
+import mmh3
 import pyarrow as pa
 
 from .stages.registry import FUNNEL_STAGES, ORDER, PIPELINE, STAGE_DIRS  # noqa: F401 - derived from the stage table
@@ -32,6 +33,14 @@ DROP_REASONS: frozenset[str] = frozenset(
         "javascript_url",
         "excluded_extension",
         "duplicate_in_file",
+        # extract, a URL list's bounds on its published columns (extract.lists.bounds)
+        "published_similarity",
+        "published_unsafe",
+        "published_watermark",
+        "published_aesthetic",
+        "published_size",
+        "published_language",
+        "published_bound",
         # dedup
         "duplicate_url",
         "duplicate_pair",
@@ -86,6 +95,17 @@ UID, URL, TEXT, PAGE_URL, LANGUAGE, LANGUAGE_SCORE, SUBSET = (
 )
 LICENSE = "license"
 
+
+def pair_uid(page_url: str, url: str, text: str) -> str:
+    """The `uid` extract gives a pair found on a page (or in a list without its own uid): stable,
+    so reruns and other machines give the same uid."""
+    return format(mmh3.hash128(f"{page_url}\x00{url}\x00{text}", signed=False), "032x")
+
+
+SOURCE = "source"
+"""A URL list's other columns, as one JSON object per pair (null for crawl pairs): how they travel
+through dedup to download and select, which expand them (`extra_columns.py`)."""
+
 CANDIDATE_SCHEMA = pa.schema(
     [
         pa.field(UID, pa.string(), nullable=False),
@@ -96,6 +116,7 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field(LANGUAGE_SCORE, pa.float32()),
         pa.field(SUBSET, pa.string(), nullable=False),
         pa.field(LICENSE, pa.string()),
+        pa.field(SOURCE, pa.string()),
     ]
 )
 """candidates/{subset}/part-NNNNN.parquet and unique/{subset}/part-NNNNN.parquet."""
@@ -128,7 +149,8 @@ IMAGES_SCHEMA = pa.schema(
 img2dataset's result columns, our drop `reason`, `phash` (the stored image's 64-bit perceptual
 hash as int64, laion_pipe.neardup.phash) and `colour_grid` (the mean R, G, B of each quadrant of
 the stored image, 12 bytes, which confirms a pHash match); both null for a failed sample or a
-shard written before them."""
+shard written before them; then a URL list's own columns, when the run read lists
+(`extra_columns.py`: under their own names, `source_` before one of ours)."""
 
 IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 """Tar member extensions that hold a sample's image (download writes one of them)."""
@@ -185,4 +207,5 @@ DATASET_SCHEMA = pa.schema(
     ]
 )
 """dataset/{name}/NNNNN.parquet: LAION-5B's columns first, then ours (`phash`: the image's perceptual
-hash, which training's decontamination compares with evaluation images)."""
+hash, which training's decontamination compares with evaluation images); then a URL list's own
+columns, when the run read lists (`extra_columns.py`)."""

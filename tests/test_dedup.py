@@ -30,7 +30,7 @@ def wf_of(**dedup_cfg):
 def row(uid, url, text="a caption", subset="en", page="http://page.example/", language=None, score=None, license=None):
     lang = language or {"en": "en", "multi": "de", "nolang": None}[subset]
     return {"uid": uid, "url": url, "text": text, "page_url": page, "language": lang,
-            "language_score": score if score is not None else 0.75, "subset": subset, "license": license}
+            "language_score": score if score is not None else 0.75, "subset": subset, "license": license, "source": None}
 
 
 def write_candidates(out: Path, subset: str, index: int, rows: list[dict], schema=CANDIDATE_SCHEMA) -> str:
@@ -391,8 +391,8 @@ def test_extra_columns_pass_through_unchanged(tmp_path, dask_client):
     appearance, and a sortable one breaks ties between otherwise identical rows."""
     out = tmp_path / "run"
     a, b = row("01", "http://x.com/1.jpg"), row("02", "http://x.com/2.jpg")
-    schema_a = CANDIDATE_SCHEMA.append(pa.field("source", pa.string())).append(pa.field("rank", pa.int32()))
-    write_candidates(out, "en", 0, [a | {"source": "list-a", "rank": 5}, b | {"source": "list-a", "rank": 1}], schema=schema_a)
+    schema_a = CANDIDATE_SCHEMA.append(pa.field("site", pa.string())).append(pa.field("rank", pa.int32()))
+    write_candidates(out, "en", 0, [a | {"site": "list-a", "rank": 5}, b | {"site": "list-a", "rank": 1}], schema=schema_a)
     schema_b = CANDIDATE_SCHEMA.append(pa.field("rank", pa.int64())).append(pa.field("tags", pa.list_(pa.string())))
     write_candidates(out, "en", 1, [a | {"rank": 2, "tags": ["t1", "t2"]}], schema=schema_b)
     write_candidates(out, "en", 2, [row("03", "http://x.com/3.jpg")])
@@ -400,9 +400,9 @@ def test_extra_columns_pass_through_unchanged(tmp_path, dask_client):
         rep = dedup.run(str(out), wf_of(**cfg), dask_client)
         assert rep.complete
         [t] = unique_parts(out, "en")
-        assert t.schema.names == [*CANDIDATE_SCHEMA.names, "source", "rank", "tags"]
+        assert t.schema.names == [*CANDIDATE_SCHEMA.names, "site", "rank", "tags"]
         assert t.schema.field("rank").type == pa.int64() and t.schema.field("tags").type == pa.list_(pa.string())
-        got = {r["uid"]: (r["source"], r["rank"], r["tags"]) for r in t.to_pylist()}
+        got = {r["uid"]: (r["site"], r["rank"], r["tags"]) for r in t.to_pylist()}
         # uid 01 twice, the same in every candidate column: rank 2 < 5 survives (the file without `source`)
         assert got == {"01": (None, 2, ["t1", "t2"]), "02": ("list-a", 1, None), "03": (None, None, None)}
         assert [r["url"] for r in t.to_pylist()] == sorted([r["url"] for r in t.to_pylist()], key=h64)

@@ -51,6 +51,7 @@ def write_candidates(out: Path, files: int = 18, rows: int = 14_000, seed: int =
             "language_score": pa.array(np.full(rows, 0.5, np.float32)),
             "subset": pa.array([subset] * rows),
             "license": pa.nulls(rows, pa.string()),
+            "source": pa.nulls(rows, pa.string()),
         }, schema=CANDIDATE_SCHEMA)
         key = f"part-{f:05d}"
         rel = f"candidates/{subset}/{key}.parquet"

@@ -31,7 +31,7 @@ SIZES = [(1600, 1200), (1200, 1600), (1024, 768), (500, 333), (1000, 255), (640,
 
 
 @pytest.mark.parametrize("only_if_bigger", [False, True])
-@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "no"])
+@pytest.mark.parametrize("mode", ["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"])
 def test_sizes_and_pixels_match_img2dataset(mode, only_if_bigger):
     from img2dataset.resizer import Resizer
 
@@ -266,10 +266,12 @@ def test_output_size_follows_the_resize_rules():
     assert output_size(1600, 1200, ImageSpec()) == (341, 256)
     assert output_size(1600, 1200, ImageSpec(resize_mode="center_crop")) == (256, 256)
     assert output_size(1600, 1200, ImageSpec(resize_mode="border")) == (256, 256)
+    assert output_size(1600, 1200, ImageSpec(resize_mode="keep_ratio_largest")) == (256, 192)  # border's resize, no padding
+    assert output_size(250, 200, ImageSpec(resize_mode="keep_ratio_largest", resize_only_if_bigger=True)) == (250, 200)
     assert output_size(100, 80, ImageSpec(resize_only_if_bigger=True)) == (100, 80)
     assert output_size(100, 80, ImageSpec(resize_mode="no")) == (100, 80)
     for w, h in [(1600, 1200), (640, 480), (300, 200), (1000, 255)]:
-        for mode in ("keep_ratio", "center_crop", "border"):
+        for mode in ("keep_ratio", "center_crop", "border", "keep_ratio_largest"):
             res = process_image(jpeg(w, h), ImageSpec(resize_mode=mode, min_bytes=0))
             assert (res.width, res.height) == output_size(w, h, ImageSpec(resize_mode=mode)), (w, h, mode)
 
@@ -324,7 +326,7 @@ def test_encode_formats(fmt, pil):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     w=st.integers(1, 700), h=st.integers(1, 700), size=st.sampled_from([16, 64, 100, 256]),
-    mode=st.sampled_from(["keep_ratio", "center_crop", "border", "no"]), only_if_bigger=st.booleans(),
+    mode=st.sampled_from(["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"]), only_if_bigger=st.booleans(),
     kind=st.sampled_from(["4:2:0", "4:4:4", "grey", "cmyk", "progressive", "png"]),
 )
 def test_draft_mode_never_changes_the_outcome_or_the_size(w, h, size, mode, only_if_bigger, kind):

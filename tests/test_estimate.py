@@ -294,3 +294,22 @@ def test_dedup_shuffle_grows_linearly_with_the_input() -> None:
     assert (ten.tasks, ten.flushes, ten.reduce_tasks) == (30, 60, 10)
     assert ten.ranged_reads == pytest.approx(10 * d.ranged_reads) and ten.files == pytest.approx(30 + 30)
     assert cluster_for(estimate(InputCount(files=30, wat_equivalents=30.0), injected(), dedup=cfg), 1).shuffle == ten
+
+
+def test_url_lists_are_counted_by_their_rows(tmp_path):
+    """A URL list is no WAT file: it counts as its rows' worth of unique pairs, said so."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    costs = injected()
+    pairs_per_wat = costs["extract.unique_pairs_per_wat"].value
+    pq.write_table(pa.table({"url": [f"http://img.example/{i}.jpg" for i in range(5000)], "caption": ["a photo"] * 5000}),
+                   tmp_path / "list.parquet")
+    text = "".join(f"http://img.example/{i:06d}.jpg\ta photo of a thing\n" for i in range(20000))
+    (tmp_path / "list.tsv.gz").write_bytes(gzip.compress(text.encode()))
+    counted = count_inputs([str(tmp_path / "list.parquet"), str(tmp_path / "list.tsv.gz")], costs)
+    assert counted.files == 2
+    assert counted.wat_equivalents == pytest.approx((5000 + 20000) / pairs_per_wat, rel=0.05)
+    assert any("a URL list of about 5.00k rows" in n for n in counted.notes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,19 @@ def test_prompts_come_from_the_held_out_captions_in_key_order(trained):
     assert p.prompts == [c for _, c in sorted(held_out(written))][:6]
 
 
+def test_a_model_folder_inside_the_run_finds_its_training_held_out_prompts(trained, monkeypatch):
+    """`laion-pipe evaluate --model RUN/train/NAME/final` (or a checkpoint of it), absolute or
+    relative to the working directory, is that training's model: its held-out prompts come with it."""
+    run, written = trained
+    want = [c for _, c in sorted(held_out(written))][:6]
+    for model in (run / "train" / "tiny" / "final", run / "train" / "tiny" / "checkpoint-3"):
+        p = stage.plan(str(run), workflow(run, "train.name=other", f"evaluate.model={model}"))
+        assert p.prompts == want and p.holdout.name == "tiny", model
+    monkeypatch.chdir(run.parent)
+    p = stage.plan(str(run), workflow(run, "train.name=other", f"evaluate.model={run.name}/train/tiny/final/"))
+    assert p.prompts == want and p.label == "tiny"
+
+
 @pytest.mark.slow
 def test_same_seeds_give_the_same_images_and_metrics(trained):
     run, _ = trained
@@ -151,16 +165,17 @@ def test_bad_input_is_a_config_error_before_any_work(trained, tmp_path):
         stage.run(str(run), workflow(run, f"evaluate.prompts={empty}"))
     with pytest.raises(ConfigError, match="file not found"):
         stage.run(str(run), workflow(run, f"evaluate.prompts={tmp_path / 'missing.txt'}"))
-    model = str(run / "train" / "tiny" / "final")
+    elsewhere = tmp_path / "copied" / "final"
+    shutil.copytree(run / "train" / "tiny" / "final", elsewhere)
     with pytest.raises(ConfigError, match="no held-out prompts"):
-        stage.run(str(run), workflow(run, f"evaluate.model={model}"))  # a folder: no holdout is implied
+        stage.run(str(run), workflow(run, f"evaluate.model={elsewhere}"))  # a folder outside the run: no holdout is implied
     with pytest.raises(ConfigError, match=r"holdout.json does not exist"):
         stage.run(str(run), workflow(run, "evaluate.holdout=nothing"))
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on a blue background\n")
     with pytest.raises(ConfigError, match=r"nothing/holdout.json does not exist"):  # named, so it must exist
         stage.run(str(run), workflow(run, "evaluate.holdout=nothing", f"evaluate.prompts={prompts}"))
-    p = stage.plan(str(run), workflow(run, f"evaluate.model={run / 'train' / 'tiny' / 'final'}", f"evaluate.prompts={prompts}"))
+    p = stage.plan(str(run), workflow(run, f"evaluate.model={elsewhere}", f"evaluate.prompts={prompts}"))
     assert p.holdout is None and p.real_sources == () and "no held-out real images" in p.real_note
     assert not (run / "eval" / "other").exists() and not (run / "_state" / "evaluate" / "other.json").exists()
 

@@ -159,6 +159,17 @@ def test_user_agent_and_opt_out_token_are_configurable():
         assert fetch_one(world_config(opt_out_tokens=["noimageai"]), s.url("/plain-noai.jpg")).ok
 
 
+@pytest.mark.parametrize("directive", ["noai", "noimageai", "noindex", "noimageindex", "NoImageIndex"])
+def test_img2dataset_default_directives_refuse_an_image(directive):
+    """img2dataset's default disallowed_header_directives: each of the four refuses by default."""
+    with srv.ImageServer() as s:
+        s.route("/x.jpg", srv.static(jpeg(), headers={"X-Robots-Tag": f"nofollow, {directive}"}))
+        s.route("/y.jpg", srv.static(jpeg(), headers={"X-Robots-Tag": "nofollow, noarchive"}))
+        res = fetch_one(world_config(), s.url("/x.jpg"))
+        assert res.reason == "opt_out" and directive.lower() in res.error
+        assert fetch_one(world_config(), s.url("/y.jpg")).ok, "other directives do not opt out"
+
+
 def test_redirect_limit_and_final_url(world):
     res = fetch_one(world_config(), world.url("/chain1"))
     assert res.ok and res.final_url == world.url("/ok.jpg")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import mmh3
 import numpy as np
@@ -24,6 +25,7 @@ from laion_pipe.schema import DATASET_SCHEMA, SCORE_SCHEMA
 from laion_pipe.stages import select
 
 NAN = float("nan")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_scored(root, subset: str, shard: int, rows: list[dict], ext: str = "jpg") -> None:
@@ -234,11 +236,43 @@ def test_run_on_dask_reruns_only_what_a_threshold_changes(tmp_path, dask_client)
     # a higher EN threshold: EN shards redone (now fewer), MULTI untouched, stale EN shards gone
     stricter = select.run(str(tmp_path), wf_of(samples_per_shard=5, similarity={"en": 0.30, "multi": 0.26, "nolang": 0.26}), dask_client)
     assert stricter.kept == {"en": 6, "multi": 1} and stricter.skipped == 2  # multi + nolang
-    assert sorted(p.name for p in (tmp_path / "dataset/en").iterdir()) == ["00000.parquet", "00000.tar", "00001.parquet", "00001.tar", "_recipe.json"]
+    assert sorted(p.name for p in (tmp_path / "dataset/en").iterdir()) == [
+        "00000.parquet", "00000.tar", "00001.parquet", "00001.tar", "_recipe.json", "sizes.json"]
+    # open_clip's per-folder sizes: each tar's samples, counted here from the tars themselves
+    with tarfile.open(tmp_path / "dataset/en/00000.tar") as a, tarfile.open(tmp_path / "dataset/en/00001.tar") as b:
+        counted = {"00000.tar": sum(m.name.endswith(".txt") for m in a), "00001.tar": sum(m.name.endswith(".txt") for m in b)}
+    assert orjson.loads((tmp_path / "dataset/en/sizes.json").read_bytes()) == counted == {"00000.tar": 5, "00001.tar": 1}
     status = stage_status(str(tmp_path), "select")
     assert status["pending"] == [] and "en-00002" not in status["done"] and not status["failed"]
     summary = orjson.loads((tmp_path / "dataset/en/_recipe.json").read_bytes())
     assert summary["shards"] == 2 and summary["counts"]["kept.en"] == 6 and summary["bounds"]["min_similarity"] == [["en", 0.30]]
+
+
+def test_open_clips_trainer_reads_a_dataset_folder_with_the_readmes_workaround(tmp_path, dask_client):
+    """OpenCLIP's own data code on our shards: the size from sizes.json (no --train-num-samples),
+    and every sample through its webdataset pipeline with the README's end-of-shard workaround."""
+    import functools
+    import subprocess
+    import sys
+
+    data = pytest.importorskip("open_clip_train.data")
+    import webdataset.tariterators as tariterators
+
+    for shard in range(2):
+        write_scored(tmp_path, "en", shard, [{"text": f"{shard}-{i}", "sim": 0.5} for i in range(4)])
+    assert select.run(str(tmp_path), wf_of(samples_per_shard=3), dask_client).complete
+    folder = tmp_path / "dataset" / "en"
+    assert data.get_dataset_size(f"{folder}/{{00000..00002}}.tar") == (8, 3)
+    expander = functools.partial(tariterators.tar_file_expander, eof_value=None)  # the README's patch
+    files = expander([{"url": str(p), "stream": open(p, "rb")} for p in sorted(folder.glob("*.tar"))])
+    samples = list(data.group_by_keys_nothrow(files))
+    assert len(samples) == 8 and all({"jpg", "txt", "json"} <= set(s) for s in samples)
+    readme = (REPO / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if ln.startswith('python -c "import functools'))
+    code = line[len('python -c "'):].rstrip(" \\") + next(ln for ln in readme.splitlines() if ln.startswith("d.tar_file_expander")).rstrip(" \\")
+    code += next(ln for ln in readme.splitlines() if ln.startswith("from open_clip_train.main")).rstrip('" \\')
+    r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "--train-data" in r.stdout, r.stderr[-2000:]
 
 
 def test_other_image_formats_are_copied_with_their_extension(tmp_path):

@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 class Workflow(Section):
     name: str = "run"
-    inputs: list[str] = Field([], description="WAT/WARC paths, globs, URLs or crawl ids")
+    inputs: list[str] = Field([], description="WAT/WARC files or URL lists (paths, globs, URLs), or crawl ids")
     out: str | None = Field(None, description="run directory (local path or fsspec URL)")
     cluster: ClusterConfig = ClusterConfig()
     runner: RunnerConfig = RunnerConfig()

@@ -11,9 +11,13 @@ from .base import Section
 
 class DownloadConfig(Section):
     # --- output images (img2dataset's options, same names and defaults where LAION used them)
-    image_size: int = Field(256, ge=1, description="target size in pixels (smallest side for keep_ratio/center_crop, largest for border)")
-    resize_mode: Literal["keep_ratio", "center_crop", "border", "no"] = Field(
-        "keep_ratio", description="img2dataset's resize modes; 'no' keeps the original size (still re-encoded)"
+    image_size: int = Field(
+        256, ge=1, description="target size in pixels (smallest side for keep_ratio/center_crop, largest for border/keep_ratio_largest)"
+    )
+    resize_mode: Literal["keep_ratio", "center_crop", "border", "keep_ratio_largest", "no"] = Field(
+        "keep_ratio",
+        description="img2dataset's resize modes; keep_ratio_largest: the long side at image_size, no padding (DataComp's); "
+        "'no' keeps the original size (still re-encoded)",
     )
     resize_only_if_bigger: bool = Field(False, description="never upscale: leave images whose reference side is under image_size as they are")
     encode_format: Literal["jpg", "png", "webp"] = Field("jpg", description="format of the images written to the tar")
@@ -54,7 +58,10 @@ class DownloadConfig(Section):
     allow_cidrs: list[str] = Field(
         [], description="non-public networks that may be contacted anyway (tests/demo: 127.0.0.1/32); every other non-public address is refused"
     )
-    opt_out_tokens: list[str] = Field(["noai", "noimageai"], description="X-Robots-Tag directives that opt an image out")
+    opt_out_tokens: list[str] = Field(
+        ["noai", "noimageai", "noindex", "noimageindex"],
+        description="X-Robots-Tag directives that opt an image out (img2dataset's default disallowed_header_directives)",
+    )
 
     # --- image checks (each failure is a drop reason)
     min_bytes: int = Field(5000, ge=0, description="LAION dropped images under 5 kB")

@@ -1,12 +1,15 @@
 """The `score:` section: batching, devices and outputs of the score stage.
 
-Nothing here changes a score's value except `save_embeddings` (which adds files): thresholds live
-in `select:` so that changing one never reruns the models (DESIGN.md)."""
+Nothing here changes a score's value except `save_embeddings` (which adds files) and `published`
+(a URL list's own scores used instead of computed ones): thresholds live in `select:` so that
+changing one never reruns the models (DESIGN.md)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
+
+ScoreName = Literal["similarity", "punsafe", "pwatermark", "aesthetic"]
 
 from .base import Section
 
@@ -33,4 +36,10 @@ class ScoreConfig(Section):
         description="also write clip-retrieval's layout under scores/{subset}/embeddings/ "
         "(img_emb/img_emb_NNNNN.npy, text_emb/text_emb_NNNNN.npy, metadata/metadata_NNNNN.parquet; float16, "
         "2 bytes x dim per image and caption); the index stage (kNN search, `laion-pipe serve`) reads them",
+    )
+    published: dict[ScoreName, str] = Field(
+        {},
+        description="keep a URL list's published scores instead of computing them: score -> the list's column, e.g. "
+        "{similarity: similarity, punsafe: punsafe} for LAION's parquet; a pair without a published value gets the computed "
+        "one. Default: every score computed (the statistics say which were published and which computed)",
     )

@@ -312,4 +312,5 @@ def _iter_file(f: IO[bytes], compressed: bool, max_record_bytes: int, stats=None
         start = bad if bad > start else find_boundary(f, start + 1, compressed)
 
     if not seen_any:
-        raise NotAWarcError("no WARC record could be read: not a WARC/WAT file, or unreadable")
+        raise NotAWarcError("no WARC record could be read, and not a URL list either: this file is none of WARC, WAT, "
+                            "parquet, CSV, TSV, JSON lines or text with one URL a line (gzip or plain)")

@@ -38,9 +38,10 @@ MODEL_STAGES: tuple[str, ...] = ("train", "evaluate")
 
 
 def run_demo(out: str, overrides: Sequence[str] = (), spec: WorldSpec | None = None, client=None,
-             *, train: bool = False) -> tuple[World, list]:
+             *, train: bool = False, from_list: bool = False) -> tuple[World, list]:
     """Build the world under `out/world`, run all curation stages into `out` (then, with `train`,
     train the demo model on the curated shards and evaluate it); returns (world, reports).
+    `from_list`: start from the world's URL list instead of its WAT files (the same pages).
     The caller stops the world's server (`world.stop()`)."""
     from ..cluster import open_client
     from ..pipeline import PIPELINE_STAGES, run_stages
@@ -49,7 +50,7 @@ def run_demo(out: str, overrides: Sequence[str] = (), spec: WorldSpec | None = N
     stages = [*PIPELINE_STAGES, *(MODEL_STAGES if train else ())]
     world = build_world(Path(out) / "world", spec)
     try:
-        wf = demo_workflow(world.wat_paths, out, overrides)
+        wf = demo_workflow([world.list_path] if from_list else world.wat_paths, out, overrides)
         if client is not None:
             reports = run_stages(wf, out, stages, client, on_report=print_stage_report)
         else:
@@ -78,15 +79,16 @@ def eval_line(out: str) -> str | None:
             f"on {m.get('n_prompts', '?')} held-out prompts ({found[-1].parent / 'grid.png'})")
 
 
-def main_demo(out: str = "laion_demo", overrides: Sequence[str] = (), train: bool = True) -> int:
+def main_demo(out: str = "laion_demo", overrides: Sequence[str] = (), train: bool = True, from_list: bool = False) -> int:
     from ..report_cli import print_run_summary
     from ..stages.stats import load_result
     from ..stats.render import print_table
 
     t0 = time.time()
     out = str(Path(out).resolve())
-    console.print(f"[bold]laion-pipe demo[/bold]: building the demo world and running every stage into {out}")
-    world, reports = run_demo(out, overrides, train=train)
+    source = "its URL list" if from_list else "its WAT files"
+    console.print(f"[bold]laion-pipe demo[/bold]: building the demo world and running every stage from {source} into {out}")
+    world, reports = run_demo(out, overrides, train=train, from_list=from_list)
     expected = ["stats", *(MODEL_STAGES if train else ())]
     done = [r.stage for r in reports]
     complete = done[-len(expected):] == expected and not any(r.failed for r in reports)

@@ -20,6 +20,11 @@ the statistics the pipeline computes.
 | bad_source | `data:`, `javascript:`, `.svg`, `.gif` sources         | dropped at extract                   |
 | short      | alt text under 5 characters                            | `text_too_short` at extract          |
 
+The same pages are also written as a URL list (`list/demo-list.parquet`, `World.list_path`): one row
+per image reference with its `page_url`, `url` and `caption` (the alt text as the page wrote it),
+plus `SAMPLE_ID` and `kind` as a published list's own columns would be. A run from it gives the
+WAT run's dataset (tests/test_urllist_demo.py), with those two columns carried to every sample.
+
 With `WorldSpec.copies` (a `copies.CopySpec`), the world is another one: each of `n_scenes`
 scenes served under 1-4 URLs, as the web copies a picture (re-encoded, resized, cropped, with a
 logo, under another caption), `images_per_page` references a page in a random order; `truth`
@@ -83,6 +88,7 @@ class World:
     wat_paths: list[str]
     truth: pd.DataFrame  # one row per <img> written: page_url, url, alt, kind, lang, shape, colour, background, watermark, ...
     root: Path
+    list_path: str = ""  # the same pages as a URL list (parquet)
 
     def stop(self) -> None:
         self.server.stop()
@@ -223,4 +229,23 @@ def _finish(root: Path, spec: WorldSpec, server: ImageServer, rows: list[dict], 
         wat_paths.append(path)
     truth = pd.DataFrame(rows)
     truth.to_parquet(root / "truth.parquet")
-    return World(server=server, spec=spec, wat_paths=wat_paths, truth=truth, root=root)
+    return World(server=server, spec=spec, wat_paths=wat_paths, truth=truth, root=root, list_path=write_list(truth, root))
+
+
+def write_list(truth: pd.DataFrame, root: Path) -> str:
+    """The world's pages as a URL list in img2dataset's shape: `url`, `caption` (the alt as the
+    page wrote it), the `page_url` it was on, and two columns of its own (`SAMPLE_ID`, `kind`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "list" / "demo-list.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "SAMPLE_ID": pa.array(range(len(truth)), pa.int64()),
+        "url": truth["url"].tolist(),
+        "caption": truth["alt"].tolist(),
+        "page_url": truth["page_url"].tolist(),
+        "kind": truth["kind"].tolist(),
+    })
+    pq.write_table(table, path, row_group_size=64)
+    return str(path)

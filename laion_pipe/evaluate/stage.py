@@ -71,16 +71,28 @@ def _looks_like_path(spec: str) -> bool:
     return "/" in spec or os.sep in spec or "://" in spec or spec.startswith(".")
 
 
+def _same_place(a: str, b: str) -> bool:
+    """Whether two local paths or URLs name the same folder (local ones compared absolute)."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
 def _model_dir(out: str, spec: str) -> tuple[str, str, str | None]:
-    """(label, folder, train name) of a model given as a train name or a folder path."""
+    """(label, folder, train name) of a model given as a train name or a folder path. A folder
+    inside this run's training folder (`RUN/train/NAME/final`, `RUN/train/NAME/checkpoint-N`)
+    is that training's model: its train name comes with it, so its held-out prompts are found
+    without `evaluate.holdout`. A folder anywhere else implies no training run."""
     if not _looks_like_path(spec):
         return spec, fsio.join(out, TRAIN_DIR, spec, "final"), spec
     path = spec.rstrip("/")
     p = Path(path)
+    inside = (p.name == "final" or p.name.startswith("checkpoint-")) and _same_place(str(p.parent.parent), fsio.join(out, TRAIN_DIR))
+    own = p.parent.name if inside else None
     if p.name == "final":
-        return p.parent.name, path, None
+        return p.parent.name, path, own
     if p.name.startswith("checkpoint-"):
-        return f"{p.parent.name}-{p.name}", path, None
+        return f"{p.parent.name}-{p.name}", path, own
     return p.name, path, None
 
 

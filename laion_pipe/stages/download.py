@@ -18,6 +18,9 @@ The format, so tools made for img2dataset output read ours:
   and quadrant colours, which select's near-duplicate removal reads; the `.json` member leaves
   the grid's bytes out); `status` is img2dataset's `success`, `failed_to_download` or
   `failed_to_resize`;
+- a URL list's own columns (img2dataset's `save_additional_columns`) follow ours in the parquet
+  and in each `.json`, under their own names with the types the run's lists gave them
+  (`extra_columns.py`; the same columns in every shard of a run);
 - `_stats.json` has img2dataset's fields (`count, successes, failed_to_download,
   failed_to_resize, duration, start_time, end_time, status_dict`) plus `reasons`.
 Keys are `{shard:05d}{index:04d}` (index = row number in the part; more digits if a part has
@@ -52,11 +55,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import fsio, runner, shards
+from .. import extra_columns, fsio, runner, shards
 from ..images import ImageResult, ImageSpec, process_image
 from ..net.fetch import TRANSIENT_REASONS, FetchResult, Fetcher
 from ..runner import Outcome, Partition, StageReport
-from ..schema import CANDIDATE_SCHEMA, IMAGES_SCHEMA
+from ..schema import CANDIDATE_SCHEMA, IMAGES_SCHEMA, SOURCE
 
 NAME = "download"
 
@@ -153,6 +156,17 @@ def _status_for(reason: str) -> str:
     return FAILED_TO_RESIZE if reason in image_side else FAILED_TO_DOWNLOAD
 
 
+_IMAGE_COLUMNS = frozenset(IMAGES_SCHEMA.names)
+
+
+def _carried(row: dict) -> dict:
+    """A row's URL-list columns: decoded from a unique part's `source`, or, for a row read back
+    from a shard's parquet (`--retry-failed`), its columns beyond ours."""
+    if SOURCE in row:
+        return extra_columns.decode(row[SOURCE])
+    return {k: v for k, v in row.items() if k not in _IMAGE_COLUMNS}
+
+
 def _meta(sample: Sample, status: str, reason: str | None, error: str | None, img: ImageResult | None, sha256: str | None) -> dict:
     r = sample.row
     return {
@@ -176,6 +190,7 @@ def _meta(sample: Sample, status: str, reason: str | None, error: str | None, im
         "reason": reason,
         "phash": img.phash if img else None,
         "colour_grid": img.colour_grid if img else None,
+        **_carried(r),
     }
 
 
@@ -253,13 +268,21 @@ def _members(meta: dict, image: bytes, ext: str) -> dict[str, bytes]:
         ext: image,
         "txt": (meta.get("text") or "").encode("utf-8"),
         # the colour grid is bytes, for the parquet only (near-duplicate removal reads it there)
-        "json": orjson.dumps({k: v for k, v in meta.items() if k != "colour_grid"}, option=orjson.OPT_INDENT_2),
+        "json": orjson.dumps({k: v for k, v in meta.items() if k != "colour_grid"},
+                             default=extra_columns.json_value, option=orjson.OPT_INDENT_2),
     }
 
 
-def _table(rows: list[dict]) -> pa.Table:
+def _table(rows: list[dict], extras: pa.Schema | None = None) -> pa.Table:
+    """The shard's parquet: our columns, then the run's URL-list columns (`extras`)."""
     rows = sorted(rows, key=lambda r: r["key"])
-    return pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=IMAGES_SCHEMA)
+    return extra_columns.append_columns(table, rows, extras) if extras is not None and len(extras) else table
+
+
+def _extras_schema(part: Partition) -> pa.Schema | None:
+    info = part.param("extras")
+    return extra_columns.schema_from_info(info) if info else None
 
 
 def _stats(rows: list[dict], start: float, end: float, extra: dict) -> dict:
@@ -330,10 +353,13 @@ def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
     which redoes every shard from scratch."""
     settings = output_settings(wf.download)
     retry_failed = retry_failed and not wf.runner.force
+    extras = extra_columns.run_schema(out)
+    carried = (("extras", extra_columns.schema_info(extras)),) if len(extras) else ()
     parts = []
     for subset, shard, path, upstream in shards.unique_parts(out):
         key = f"{subset}-{shard:05d}"
-        base = runner.fingerprint(f"{subset}/{path.rsplit('/', 1)[-1]}", fsio.fingerprint_of(path), settings, upstream.ref)
+        base = runner.fingerprint(f"{subset}/{path.rsplit('/', 1)[-1]}", fsio.fingerprint_of(path), settings, upstream.ref,
+                                  *([str(extras)] if carried else []))
         stats_path = fsio.join(out, shard_paths(subset, shard)["stats"])
         done = _done_manifest(out, key, base, stats_path)
         fp, retry = (done["fingerprint"] if done else base), False
@@ -344,7 +370,7 @@ def plan(out: str, wf, retry_failed: bool = False) -> list[Partition]:
                 key=key,
                 inputs=(path,),
                 fingerprint=fp,
-                params=(("subset", subset), ("shard", shard), ("input_fingerprint", base), ("retry", retry)),
+                params=(("subset", subset), ("shard", shard), ("input_fingerprint", base), ("retry", retry), *carried),
                 upstream=(upstream.ref,),
             )
         )
@@ -377,7 +403,7 @@ def process(part: Partition, out: str, wf) -> Outcome:
 
 
 def _finish(part: Partition, out: str, paths: dict[str, str], rows: list[dict], subset: str, start: float, retried: int) -> Outcome:
-    fsio.write_parquet_atomic(_table(rows), fsio.join(out, paths["parquet"]))
+    fsio.write_parquet_atomic(_table(rows, _extras_schema(part)), fsio.join(out, paths["parquet"]))
     extra = {"input_fingerprint": part.param("input_fingerprint"), "fingerprint": part.fingerprint, "retried": retried}
     fsio.write_json_atomic(fsio.join(out, paths["stats"]), _stats(rows, start, time.time(), extra))
     return _outcome(rows, subset, [paths["tar"], paths["parquet"], paths["stats"]])

@@ -1,13 +1,19 @@
-"""extract: WAT/WARC files -> candidates/{en,multi,nolang}/part-NNNNN.parquet, one per file.
+"""extract: WAT/WARC files and URL lists -> candidates/{en,multi,nolang}/part-NNNNN.parquet.
 
-One partition per input file. The file is streamed page by page; each `<img>` with an alt text
-goes through LAION's rules (`rules.py`), every drop counted with its reason; kept pairs are
-buffered `extract.batch_pairs` at a time, language-identified in one batch (`lang.py`) and
-appended as a row group to the subset's parquet. Memory is bounded by one batch plus the
-in-file dedup set, whatever the file's size.
+One partition per input file, named part-NNNNN in input order; a URL list that is cut into
+several (`extract.lists.partition_rows` / `partition_bytes`: row groups of a parquet file, byte
+ranges of a text file) gives part-NNNNN-MMMMM. Whether a file is a crawl file or a URL list, and
+which kind, is read from its content (`crawl/urllist.py`); lists are extracted by
+`extract_lists.py`, into the same files.
+
+A crawl file is streamed page by page; each `<img>` with an alt text goes through LAION's rules
+(`rules.py`), every drop counted with its reason; kept pairs are buffered `extract.batch_pairs`
+at a time, language-identified in one batch (`lang.py`) and appended as a row group to the
+subset's parquet. Memory is bounded by one batch plus the in-file dedup set, whatever the file's
+size.
 
 Bad records are noted in the manifest with their byte offset and skipped; only a file that
-cannot be opened or holds no WARC record at all fails the partition.
+cannot be opened or holds no WARC record at all (and is no URL list) fails the partition.
 """
 from __future__ import annotations
 
@@ -21,17 +27,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import fsio, runner
+from ..crawl import urllist
 from ..crawl.paths import resolve_inputs
 from ..crawl.reader import iter_pages
 from ..crawl.stream import ReadError
 from ..lang import LanguageID
 from ..rules import PairRules, clean_text, page_base, resolve_url, text_reason
 from ..runner import Outcome, Partition, StageReport
-from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSETS
+from ..schema import CANDIDATE_SCHEMA, STAGE_DIRS, SUBSETS, pair_uid  # noqa: F401 - pair_uid: extract's uid, also for lists
 
 NAME = "extract"
 VERSION = 2  # 2: NFD text whose mojibake shows once normalized is repaired as ftfy does
 """Bump when a change of this stage's code changes its output, so done partitions are redone."""
+LIST_VERSION = 1
+"""The same, for partitions of URL lists (`extract_lists.py`)."""
 
 _IMMUTABLE = "/crawl-data/CC-MAIN-"
 _CACHE_SIZE = 50_000  # entries of the cleaning cache; with _CACHE_TEXT_CHARS, at most ~50 MB
@@ -43,20 +52,26 @@ def output_path(key: str, subset: str) -> str:
     return f"{STAGE_DIRS[NAME]}/{subset}/{key}.parquet"
 
 
-def pair_uid(page_url: str, url: str, text: str) -> str:
-    """A stable id for a pair on a page: reruns and other machines give the same uid."""
-    return format(mmh3.hash128(f"{page_url}\x00{url}\x00{text}", signed=False), "032x")
-
-
 def _config_identity(wf) -> dict:
-    """The settings that change extract's output (not where inputs are listed, nor batch sizes)."""
+    """The settings that change a crawl file's output (not where inputs are listed, nor batch
+    sizes, nor how URL lists are read)."""
     cfg = wf.extract
-    ident = cfg.model_dump(exclude={"max_files", "crawl_base_url", "batch_pairs"})
+    ident = cfg.model_dump(exclude={"max_files", "crawl_base_url", "batch_pairs", "lists"})
     if cfg.language.model_path:
         try:
             ident["language_model"] = fsio.fingerprint_of(cfg.language.model_path)
         except Exception as e:  # noqa: BLE001 - a missing model fails the partitions, with its error
             ident["language_model"] = f"unavailable: {type(e).__name__}"
+    return ident
+
+
+def _list_identity(wf) -> dict:
+    """The settings that change a URL list's output: the URL rules, in-file dedup, language ID
+    and `extract.lists` (its partition sizes are in each partition's range instead)."""
+    ident = _config_identity(wf)
+    for k in ("min_text_chars", "min_words", "max_text_chars", "oversized_text_chars", "max_record_bytes"):
+        ident.pop(k, None)  # crawl alt-text rules and record limits
+    ident["lists"] = wf.extract.lists.model_dump(exclude={"partition_rows", "partition_bytes"})
     return ident
 
 
@@ -69,27 +84,44 @@ def _file_identity(path: str) -> str:
         return f"unavailable: {type(e).__name__}: {e}"
 
 
+def _inputs(wf) -> list[tuple[str, urllist.ListLayout | None, list[urllist.Range]]]:
+    """(path, URL list layout or None for a crawl file, the list's ranges) of every input file.
+    A list's columns are checked here: a named column it lacks is a ConfigError."""
+    from . import extract_lists
+
+    found = []
+    for path in resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url):
+        layout = urllist.describe(path)
+        found.append((path, layout, extract_lists.plan_list(path, layout, wf) if layout is not None else []))
+    return found
+
+
 def check(wf) -> int:
     """Resolve the inputs before any work (no cluster, no run directory yet): an unreadable
-    crawl listing or a glob that matches nothing raises `ConfigError`, which the CLI reports in
-    one line with exit code 2. Returns the number of partitions `plan` will make (one per
-    file), so a local cluster need not start more workers than there are tasks. A crawl
-    listing read here is not read again by `plan`."""
-    return len(resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url))
+    crawl listing, a glob that matches nothing or a URL list without a named column raises
+    `ConfigError`, which the CLI reports in one line with exit code 2. Returns the number of
+    partitions `plan` will make, so a local cluster need not start more workers than there are
+    tasks. What is read here (a crawl listing, a list's header) is not read again by `plan`."""
+    return sum(max(1, len(ranges)) for _, _, ranges in _inputs(wf))
 
 
 def plan(out: str, wf) -> list[Partition]:
-    """One partition per input file, keyed part-NNNNN in input order."""
-    files = resolve_inputs(wf.inputs, wf.extract.max_files, wf.extract.crawl_base_url)
-    cfg = _config_identity(wf)
-    return [
-        Partition(
-            key=f"part-{i:05d}",
-            inputs=(path,),
-            fingerprint=runner.fingerprint(VERSION, path, _file_identity(path), cfg),
-        )
-        for i, path in enumerate(files)
-    ]
+    """One partition per crawl file, keyed part-NNNNN in input order; a URL list gives one per
+    range (part-NNNNN, or part-NNNNN-MMMMM when it has several)."""
+    cfg, list_cfg = _config_identity(wf), None
+    parts = []
+    for i, (path, layout, ranges) in enumerate(_inputs(wf)):
+        if layout is None:
+            fp = runner.fingerprint(VERSION, path, _file_identity(path), cfg)
+            parts.append(Partition(key=f"part-{i:05d}", inputs=(path,), fingerprint=fp))
+            continue
+        list_cfg = list_cfg or _list_identity(wf)
+        ident = _file_identity(path)
+        for j, rng in enumerate(ranges):
+            fp = runner.fingerprint(LIST_VERSION, path, ident, rng.as_param(), list_cfg)
+            key = f"part-{i:05d}" if len(ranges) == 1 else f"part-{i:05d}-{j:05d}"
+            parts.append(Partition(key=key, inputs=(path,), fingerprint=fp, params=(("range", rng.as_param()),)))
+    return parts
 
 
 @lru_cache(maxsize=4)
@@ -132,9 +164,15 @@ def _flush(batch: _Batch, lid: LanguageID, writers: dict[str, pq.ParquetWriter],
             "language_score": pa.array(scores, pa.float32()),
             "subset": subsets,
             "license": batch.licenses,
+            "source": pa.nulls(n, pa.string()),
         },
         schema=CANDIDATE_SCHEMA,
     )
+    write_subsets(table, writers, outcome)
+
+
+def write_subsets(table: pa.Table, writers: dict[str, pq.ParquetWriter], outcome: Outcome) -> None:
+    """Append each subset's rows of `table` (CANDIDATE_SCHEMA) to its parquet."""
     column = table.column("subset")
     for subset in SUBSETS:
         part = table.filter(pc.equal(column, subset))
@@ -143,8 +181,35 @@ def _flush(batch: _Batch, lid: LanguageID, writers: dict[str, pq.ParquetWriter],
             outcome.kept[subset] += part.num_rows
 
 
+def _process_list(part: Partition, out: str, wf) -> Outcome:
+    """One range of a URL list into the three subset parquets (`extract_lists.py`)."""
+    from . import extract_lists
+
+    cfg = wf.extract
+    outcome = Outcome(max_errors=wf.runner.max_errors_kept)
+    rel = {s: output_path(part.key, s) for s in SUBSETS}
+    with ExitStack() as stack:
+        writers: dict[str, pq.ParquetWriter] = {}
+        for s in SUBSETS:
+            f = stack.enter_context(fsio.atomic_open(fsio.join(out, rel[s])))
+            writers[s] = stack.enter_context(pq.ParquetWriter(f, CANDIDATE_SCHEMA, compression="zstd"))
+
+        def write(columns: dict) -> None:
+            write_subsets(pa.table(columns, schema=CANDIDATE_SCHEMA), writers, outcome)
+
+        def lid():
+            return _language_id(cfg.language.model_path, cfg.language.threshold, tuple(cfg.language.english))
+
+        extract_lists.process(part, out, wf, outcome, write, lid)
+    outcome.counts["pairs"] = sum(outcome.kept.values())
+    outcome.outputs = [rel[s] for s in SUBSETS]
+    return outcome
+
+
 def process(part: Partition, out: str, wf) -> Outcome:
     """Extract one file's pairs into the three subset parquets (always all three, maybe empty)."""
+    if part.param("range") is not None:
+        return _process_list(part, out, wf)
     cfg = wf.extract
     rules = PairRules.from_config(cfg)
     lid = _language_id(cfg.language.model_path, cfg.language.threshold, tuple(cfg.language.english))

@@ -108,14 +108,15 @@ STAGE_TABLE: tuple[Stage, ...] = (
         out_dir="candidates",
         curation=True,
         funnel=True,
-        help="Common Crawl WAT/WARC -> candidates/{en,multi,nolang}/part-NNNNN.parquet",
-        description="Parse WAT or WARC files (gzip or plain, detected from content) into (image URL, alt text) "
-        "pairs with LAION-5B's rules, detect each alt text's language with fastText and split into "
-        "EN / MULTI / NOLANG. One output partition per input file.",
+        help="Common Crawl WAT/WARC files or URL lists -> candidates/{en,multi,nolang}/part-NNNNN.parquet",
+        description="Parse WAT or WARC files into (image URL, alt text) pairs with LAION-5B's rules, or read URL lists "
+        "(parquet, CSV, TSV, JSON lines, text: img2dataset's inputs, their other columns kept), all gzip or plain and "
+        "detected from content; detect each text's language with fastText (or take a list's own) and split into "
+        "EN / MULTI / NOLANG. One output partition per input file (a large list: per row groups or byte range).",
         options=(
             Option(("inputs",), nargs="*", metavar="INPUT", override="inputs",
-                   help="local paths, globs, fsspec URLs (s3://, https://) or a crawl id such as CC-MAIN-2023-14; "
-                        "default: the workflow's inputs"),
+                   help="WAT/WARC files or URL lists: local paths, globs, fsspec URLs (s3://, https://), or a crawl id "
+                        "such as CC-MAIN-2023-14; default: the workflow's inputs"),
             Option(("--max-files",), type=int, metavar="N", override="extract.max_files",
                    help="with a crawl id: take the first N WAT files of its wat.paths.gz"),
         ),
@@ -222,7 +223,8 @@ STAGE_TABLE: tuple[Stage, ...] = (
         "accuracy and the Frechet distance between CLIP image embeddings of generated and held-out real images.",
         options=(
             Option(("--model",), metavar="PATH", override="evaluate.model",
-                   help="a train name of this run or a model folder (final/ or checkpoint-N/); default: the workflow's train.name"),
+                   help="a train name of this run or a model folder (final/ or checkpoint-N/; one inside RUN/train/NAME/ uses "
+                        "NAME's held-out prompts); default: the workflow's train.name"),
             Option(("--prompts",), metavar="FILE", override="evaluate.prompts",
                    help="a file of prompts, one per line; default: the prompts the train stage held out"),
         ),

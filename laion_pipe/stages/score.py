@@ -20,6 +20,10 @@ Why it is built the way it is:
   goes through the text tower once.
 - A record that cannot be scored (undecodable image, image missing from the tar) gets status
   `score_error` and the drop reason of that name; it never fails the shard.
+- `score.published` keeps a URL list's own scores (LAION's similarity, punsafe, ...) instead of
+  the computed ones, pair by pair where the list has a value; each shard counts how many of each
+  score were published and how many computed (`published.{score}`, `computed.{score}` in its
+  manifest, which the statistics show).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from .. import fsio, runner, shards
+from .. import extra_columns, fsio, runner, shards
 from ..cluster import model_task_resources
 from ..models.scorer import ScoreModels, load_models, model_identity  # noqa: F401 - ScoreModels: what load_models returns
 from ..runner import Outcome, Partition, StageReport
@@ -66,7 +70,8 @@ def plan(out: str, wf: Any) -> list[Partition]:
             paths = shards.image_shard(subset, shard)
             inputs = (fsio.join(out, paths["tar"]), fsio.join(out, paths["parquet"]))
             ids = [fsio.fingerprint_of(p) if fsio.exists(p) else "missing" for p in inputs]
-            fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings, upstream.ref)
+            published = [sorted(wf.score.published.items())] if wf.score.published else []
+            fp = runner.fingerprint(NAME, VERSION, ids, ident, wf.score.save_embeddings, upstream.ref, *published)
             parts.append(Partition(key=f"{subset}-{shard}", inputs=inputs, fingerprint=fp,
                                    params=(("subset", subset), ("shard", shard)), upstream=(upstream.ref,)))
     return parts
@@ -223,11 +228,27 @@ class _BatchPrefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_downloaded(meta_path: str) -> pa.Table:
+def _read_downloaded(meta_path: str, published: dict[str, str] | None = None) -> pa.Table:
+    """The shard's downloaded rows, with the URL-list columns `published` names where it has them."""
     fs, p = fsio.fs_and_path(meta_path)
     with fs.open(p, "rb") as f:
-        t = pq.read_table(f, columns=["key", "status", "uid", "text", "url"])
+        names = pq.read_schema(f).names
+        f.seek(0)
+        extra = [c for c in dict.fromkeys((published or {}).values()) if c in names]
+        t = pq.read_table(f, columns=["key", "status", "uid", "text", "url", *extra])
     return t.filter(pc.equal(t["status"], "success"))
+
+
+def _published_scores(rows: pa.Table, published: dict[str, str]) -> dict[str, np.ndarray]:
+    """score -> the list's published values (float32, NaN where a pair has none)."""
+    out = {}
+    for score, column in published.items():
+        if column in rows.column_names:
+            values = extra_columns.column(rows[column].to_pylist(), pa.float64())
+            out[score] = values.to_numpy(zero_copy_only=False).astype(np.float32)
+        else:
+            out[score] = np.full(len(rows), np.nan, np.float32)
+    return out
 
 
 def process(part: Partition, out: str, wf: Any) -> Outcome:
@@ -236,7 +257,8 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     outcome = Outcome(max_errors=wf.runner.max_errors_kept)
     paths = shards.score_shard(subset, shard)
 
-    rows = _read_downloaded(meta_path)
+    published = extra_columns.published_columns(wf.score.published)
+    rows = _read_downloaded(meta_path, published)
     keys: list[str] = rows["key"].to_pylist()
     uids: list[str] = rows["uid"].to_pylist()
     texts: list[str] = [t or "" for t in rows["text"].to_pylist()]
@@ -283,6 +305,12 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
         finally:
             prefetch.close()
 
+    ok = np.array([st == STATUS_OK for st in status], dtype=bool)
+    for score, values in _published_scores(rows, published).items():
+        use = ok & ~np.isnan(values)
+        scores[score][use] = values[use]
+        outcome.counts[f"published.{score}"] += int(use.sum())
+        outcome.counts[f"computed.{score}"] += int((ok & ~use).sum())
     n_err = status.count(STATUS_ERROR)
     outcome.drop("score_error", subset, n_err)
     outcome.kept[subset] += n - n_err

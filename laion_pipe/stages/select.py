@@ -20,7 +20,11 @@ removal found a better copy of, anywhere in the run: laion_pipe.neardup, run as 
 phases) and kept counts go to the manifests of the default language-subset recipes, which are the
 pipeline's funnel; other recipes report theirs as counts (`kept.{subset}`,
 `dropped.{subset}.{reason}`) so that the funnel does not count a pair once per recipe. Every
-recipe also gets `dataset/{name}/_recipe.json` (its bounds and totals).
+recipe also gets `dataset/{name}/_recipe.json` (its bounds and totals) and `sizes.json` (samples
+per tar, which open_clip's trainer reads to know a folder's size without being told).
+
+A URL list's own columns (`extra_columns.py`) follow ours in the parquet and in each `.json`;
+a list's integer `hash` (LAION's, of its URL and TEXT as published) is the `hash` column.
 """
 from __future__ import annotations
 
@@ -38,15 +42,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from .. import fsio, runner, shards
+from .. import extra_columns, fsio, runner, shards
 from ..neardup import phases as neardup
 from ..recipes import KEEP, Recipe, apply_duplicates, count_reasons, resolve_recipes, score_columns
 from ..runner import Outcome, Partition, StageReport
-from ..schema import DATASET_SCHEMA, STATUS_OK, SUBSETS
+from ..schema import DATASET_SCHEMA, IMAGES_SCHEMA, STATUS_OK, SUBSETS
 
 NAME = "select"
 VERSION = 1
 RECIPE_FILE = "_recipe.json"
+SIZES_FILE = "sizes.json"
+"""open_clip's per-folder sample counts: {"00000.tar": n, ...} (open_clip_train.data.get_dataset_size)."""
 
 DOWNLOAD_COLUMNS = ["key", "url", "text", "language", "status", "width", "height", "original_width", "original_height", "sha256"]
 
@@ -101,25 +107,42 @@ def _read(path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(f, columns=columns)
 
 
-def _read_meta(path: str) -> pa.Table:
-    """The download columns select carries, `phash` null for shards written before it existed."""
+def _meta_schema(path: str) -> pa.Schema:
     fs, p = fsio.fs_and_path(path)
     with fs.open(p, "rb") as f:
-        has_phash = "phash" in pq.read_schema(f).names
-    meta = _read(path, DOWNLOAD_COLUMNS + (["phash"] if has_phash else []))
+        return pq.read_schema(f)
+
+
+def carried_schema(shard: InputShard) -> pa.Schema:
+    """The URL-list columns of an input shard's download parquet (empty for crawl pairs)."""
+    schema = _meta_schema(shard.meta)
+    names = extra_columns.extra_names(schema, IMAGES_SCHEMA.names)
+    return pa.schema([schema.field(n) for n in names])
+
+
+def _read_meta(path: str, extras: list[str]) -> pa.Table:
+    """The download columns select carries (and `extras`, a URL list's columns), `phash` null for
+    shards written before it existed."""
+    has_phash = "phash" in _meta_schema(path).names
+    meta = _read(path, DOWNLOAD_COLUMNS + (["phash"] if has_phash else []) + extras)
     return meta if has_phash else meta.append_column("phash", pa.nulls(meta.num_rows, pa.int64()))
 
 
-def scored_rows(shard: InputShard) -> pa.Table:
-    """The shard's successfully scored pairs joined with their download metadata, in input-key
-    order: downloads finish (and so are written and scored) in whatever order the network
-    allows, and the dataset must not depend on it (a rerun, or a run that lost a worker, gives
-    the same shards, keys and bytes)."""
+def scored_rows(shard: InputShard, carried: bool = False) -> pa.Table:
+    """The shard's successfully scored pairs joined with their download metadata (and, with
+    `carried`, its URL-list columns), in input-key order: downloads finish (and so are written
+    and scored) in whatever order the network allows, and the dataset must not depend on it (a
+    rerun, or a run that lost a worker, gives the same shards, keys and bytes)."""
     scores = _read(shard.scores)
     scores = scores.filter(pc.equal(scores["status"], STATUS_OK)).drop_columns(["status", "error_message"])
-    meta = _read_meta(shard.meta)
-    joined = scores.join(meta, "key", join_type="left outer", use_threads=False)
-    return joined.sort_by("key")
+    extras = carried_schema(shard).names if carried else []
+    meta = _read_meta(shard.meta, extras)
+    joined = scores.join(meta.select(DOWNLOAD_COLUMNS + ["phash"]), "key", join_type="left outer", use_threads=False).sort_by("key")
+    if extras:  # by position, not in the join: a hash join takes no nested (list, struct) payload columns
+        at = pc.index_in(joined["key"], value_set=meta["key"])
+        for name in extras:
+            joined = joined.append_column(meta.schema.field(name), meta[name].take(at))
+    return joined
 
 
 def shard_reasons(recipe: Recipe, shard: InputShard, table: pa.Table | None = None, drops: dict[str, str] | None = None) -> np.ndarray:
@@ -219,9 +242,10 @@ def plan(out: str, wf: Any, client: Any = None, *, find_duplicates: bool = False
 
 
 def recipe_files(recipes: list[Recipe]) -> list[str]:
-    """Files select writes beside its partitions (one `_recipe.json` per current recipe): what
-    the runner's sweep of `dataset/` keeps. A recipe no longer in the workflow loses its folder."""
-    return [f"{shards.dataset_dir(r.name)}/{RECIPE_FILE}" for r in recipes]
+    """Files select writes beside its partitions (`_recipe.json` and `sizes.json` per current
+    recipe): what the runner's sweep of `dataset/` keeps. A recipe no longer in the workflow
+    loses its folder."""
+    return [f"{shards.dataset_dir(r.name)}/{name}" for r in recipes for name in (RECIPE_FILE, SIZES_FILE)]
 
 
 def run(out: str, wf: Any, client: Any) -> StageReport:
@@ -235,18 +259,21 @@ def run(out: str, wf: Any, client: Any) -> StageReport:
 def _write_recipe_summaries(out: str, recipes: list[Recipe], parts: list[Partition]) -> None:
     for r in recipes:
         totals: Counter = Counter()
-        n_shards = 0
+        sizes: dict[str, int] = {}
         for p in parts:
             if p.param("recipe") != r.name:
                 continue
             m = runner.done_manifest(out, NAME, p.key, p.fingerprint)
             if m is not None:
                 totals.update(m.get("counts", {}))
-                n_shards += bool(p.param("slices"))
+                if p.param("slices"):
+                    sizes[shards.dataset_shard(r.name, p.param("index"))["tar"].rpartition("/")[2]] = int(m["counts"]["samples"])
+        folder = fsio.join(out, shards.dataset_dir(r.name))
         fsio.write_json_atomic(
-            fsio.join(out, shards.dataset_dir(r.name), RECIPE_FILE),
-            {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": n_shards, "counts": dict(totals)},
+            fsio.join(folder, RECIPE_FILE),
+            {"name": r.name, "description": r.description, "bounds": r.identity(), "shards": len(sizes), "counts": dict(totals)},
         )
+        fsio.write_json_atomic(fsio.join(folder, SIZES_FILE), dict(sorted(sizes.items())))
 
 
 # --- one output shard -----------------------------------------------------------------------------
@@ -276,15 +303,17 @@ def _images(tar: str, keys: set[str]) -> Iterator[tuple[str, str, bytes]]:
                 return
 
 
-def _dataset_row(row: dict, subset: str, key: str) -> dict:
+def _dataset_row(row: dict, subset: str, key: str, carried: tuple[str, ...] = ()) -> dict:
+    """A dataset parquet row: LAION-5B's columns, ours, then the URL list's (`carried`)."""
     url, text = row["url"] or "", row["text"] or ""
+    listed_hash = row.get(extra_columns.LIST_HASH)
     return {
         "URL": url,
         "TEXT": text,
         "WIDTH": row["original_width"],
         "HEIGHT": row["original_height"],
         "similarity": row["similarity"],
-        "hash": laion_hash(url, text),
+        "hash": listed_hash if isinstance(listed_hash, int) else laion_hash(url, text),
         "punsafe": row["punsafe"],
         "pwatermark": row["pwatermark"],
         "LANGUAGE": row["language"],
@@ -293,7 +322,15 @@ def _dataset_row(row: dict, subset: str, key: str) -> dict:
         "uid": row["uid"],
         "subset": subset,
         "phash": row.get("phash"),
+        **{c: row.get(c) for c in carried},
     }
+
+
+def dataset_schema(carried: pa.Schema) -> pa.Schema:
+    """DATASET_SCHEMA, then the URL-list columns; a list's integer `hash` is the `hash` column
+    itself (LAION's own value), not a column of its own."""
+    extra = [f for f in carried if not (f.name == extra_columns.LIST_HASH and pa.types.is_integer(f.type))]
+    return pa.schema(list(DATASET_SCHEMA) + extra)
 
 
 def _json_safe(row: dict) -> dict:
@@ -313,7 +350,7 @@ def sample_json(row: dict, download: dict) -> dict:
 
 
 def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np.ndarray], index: int, first: int,
-                digits: int, recipe: Recipe, outcome: Outcome, out: str) -> tuple[list[dict], int]:
+                digits: int, recipe: Recipe, outcome: Outcome, out: str, carried: tuple[str, ...] = ()) -> tuple[list[dict], int]:
     """Write kept pairs [start, stop) of one input shard into the output tar; their rows, and
     how many output keys the slice took. A pair's output key comes from its place in input-key
     order, not from where the tar has it, so keys and bytes per key never depend on tar order."""
@@ -325,8 +362,9 @@ def _copy_slice(tw, name: str, start: int, stop: int, scored: tuple[pa.Table, np
     for in_key, ext, data in _images(_parse_shard(name, out).tar, set(by_key)):
         key = f"{index:05d}{first + place[in_key]:0{digits}d}"
         source = by_key.pop(in_key)
-        row = _dataset_row(source, subset, key)
-        tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": orjson.dumps(sample_json(row, source))})
+        row = _dataset_row(source, subset, key, carried)
+        doc = orjson.dumps(sample_json(row, source), default=extra_columns.json_value)
+        tw.write({"__key__": key, ext: data, "txt": row["TEXT"].encode(), "json": doc})
         rows.append(row)
     if recipe.funnel:
         outcome.kept[subset] += len(rows)
@@ -346,9 +384,12 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
     needed = {n for n, _, _ in part.param("slices")} | set(part.param("owned"))
     drops = neardup.shard_drops(out, needed) if wf.select.neardup.enabled else {}
     tables: dict[str, tuple[pa.Table, np.ndarray]] = {}
+    sliced = {n for n, _, _ in part.param("slices")}
+    schema = dataset_schema(extra_columns.merge_schemas(carried_schema(_parse_shard(n, out)) for n in sorted(sliced)))
+    carried = tuple(schema.names[len(DATASET_SCHEMA):])
     for name in sorted(needed):
         shard = _parse_shard(name, out)
-        table = scored_rows(shard)
+        table = scored_rows(shard, carried=name in sliced)
         tables[name] = (table, shard_reasons(recipe, shard, table, drops.get(name)))
 
     # drops and keeps of the input shards this partition reports
@@ -365,11 +406,11 @@ def process(part: Partition, out: str, wf: Any) -> Outcome:
         with fsio.atomic_open(fsio.join(out, paths["tar"])) as f, wds.TarWriter(f, encoder=False) as tw:
             taken = 0
             for name, start, stop in part.param("slices"):
-                got, n = _copy_slice(tw, name, start, stop, tables[name], index, taken, digits, recipe, outcome, out)
+                got, n = _copy_slice(tw, name, start, stop, tables[name], index, taken, digits, recipe, outcome, out, carried)
                 rows += got
                 taken += n
         rows.sort(key=lambda r: r["key"])
-        fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=DATASET_SCHEMA), fsio.join(out, paths["parquet"]))
+        fsio.write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), fsio.join(out, paths["parquet"]))
         outcome.outputs += [paths["tar"], paths["parquet"]]
     outcome.counts["samples"] = len(rows)
     return outcome

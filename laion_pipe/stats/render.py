@@ -86,9 +86,22 @@ FUNNEL_HEADERS = ["Stage", "Subset", "Pairs in", "Pairs out", "Dropped", "Drop r
 
 
 def funnel_status(funnel: list[FunnelStage]) -> list[str]:
-    """A line per stage that is not complete: its numbers only cover finished partitions."""
-    return [f"{f.stage}: partitions {f.done} done, {f.failed} failed, {f.pending} pending (counts cover the done ones)"
-            for f in funnel if f.failed or f.pending]
+    """A line per stage that is not complete (its numbers only cover finished partitions), then
+    which scores came from a URL list and which were computed, when any came from a list."""
+    lines = [f"{f.stage}: partitions {f.done} done, {f.failed} failed, {f.pending} pending (counts cover the done ones)"
+             for f in funnel if f.failed or f.pending]
+    return lines + score_sources(funnel)
+
+
+def score_sources(funnel: list[FunnelStage]) -> list[str]:
+    """'similarity: published by the URL list for N pairs, computed for M' for each score the
+    run took from a list (`score.published`); nothing when every score was computed."""
+    counts = next((f.counts for f in funnel if f.stage == "score"), {})
+    lines = []
+    for name in sorted({k.partition(".")[2] for k in counts if k.startswith("published.")}):
+        pub, comp = counts.get(f"published.{name}", 0), counts.get(f"computed.{name}", 0)
+        lines.append(f"{name}: published by the URL list for {pub:,} pairs, computed for {comp:,}")
+    return lines
 
 
 def to_markdown(result: StatsResult) -> str:
