@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import faults
 from .feed import epoch_batches, loader_spec
 from .metrics import METRICS, MetricsLog, truncate_metrics
 from .models import MODEL_INFO, Components, build_components
@@ -475,6 +476,7 @@ def _checkpoint(accelerator, tdir: Path, state: ckpt.RankState, gen: torch.Gener
     tmp = ckpt.tmp_dir(tdir, state.step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    faults.point("checkpoint", state.step, rank)  # tests only (LAION_PIPE_KILL_AT)
     ckpt.write_rank_state(tmp, rank, state, gen)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
