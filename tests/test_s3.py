@@ -7,27 +7,13 @@ import pytest
 from laion_pipe import fsio
 from laion_pipe.config import workflow_from_dict
 from laion_pipe.runner import Outcome, Partition, fingerprint, run_stage, stage_status
+from s3_stub import moto_s3
 
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}.items():
-        mp.setenv(k, v)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    fs = s3fs.S3FileSystem(anon=False)
-    fs.mkdir("laion-test")
-    yield endpoint
-    mp.undo()
-    server.stop()
+    with moto_s3("laion-test") as endpoint:
+        yield endpoint
 
 
 def _stage(part: Partition, out: str, wf) -> Outcome:

@@ -26,6 +26,7 @@ from laion_pipe.train.buckets import bucket_sizes, nearest_bucket
 from laion_pipe.train.loader import (LoaderSpec, LoaderStream, Position, ResumePlan, SampleFilter, filter_reason, is_holdout,
                                      make_loader, resume_plan, worker_plan)
 from laion_pipe.train.loader_images import cover_size
+from s3_stub import moto_s3
 
 REPO = Path(__file__).resolve().parents[1]
 LEFT, RIGHT = (230, 20, 20), (20, 20, 230)
@@ -572,22 +573,8 @@ def test_an_http_source_on_loopback(data):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}.items():
-        mp.setenv(k, v)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    yield endpoint
-    s3fs.S3FileSystem.clear_instance_cache()
-    mp.undo()
-    server.stop()
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 def test_an_s3_source(data, s3_endpoint):

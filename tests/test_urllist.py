@@ -28,6 +28,7 @@ from laion_pipe.crawl import listread, urllist
 from laion_pipe.runner import write_manifest
 from laion_pipe.schema import SUBSETS
 from laion_pipe.stages import extract
+from s3_stub import moto_s3
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -436,22 +437,8 @@ def test_lists_over_http(http_root):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    mp = pytest.MonkeyPatch()
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_S3": endpoint}.items():
-        mp.setenv(k, v)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem(anon=False).mkdir("lists")
-    yield endpoint
-    mp.undo()
-    server.stop()
+    with moto_s3("lists") as endpoint:
+        yield endpoint
 
 
 def test_lists_on_s3_with_globs_and_byte_ranges(s3_endpoint, tmp_path):
