@@ -156,3 +156,21 @@ def world_config(**overrides):
     )
     base.update(overrides)
     return DownloadConfig(**base)
+
+
+@contextlib.contextmanager
+def serve_folder(folder) -> Iterator[str]:
+    """A static HTTP server for `folder` on 127.0.0.1 (port chosen by the OS), quiet; yields its
+    base URL. No range requests: what fsspec's HTTP filesystem and webdataset meet on a plain host."""
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,6 @@ served by a local stand-in for Common Crawl (a directory, then a loopback HTTP s
 from __future__ import annotations
 
 import contextlib
-import functools
 import gzip
 import http.server
 import os
@@ -19,6 +18,7 @@ from laion_pipe.config import ConfigError, workflow_from_dict
 from laion_pipe.crawl.paths import crawl_files, is_crawl_id, listing_url, resolve_inputs
 from laion_pipe.demo.watgen import Page, write_wat
 from laion_pipe.stages import extract
+from servers import serve_folder
 
 CRAWL = "CC-MAIN-2023-14"
 
@@ -34,21 +34,6 @@ def _fake_crawl(root: Path, n_files: int = 5, with_files: bool = False) -> list[
             page = Page(f"https://site{i}.example/p.html", [(f"/img/{i}.jpg", f"a photo of mountain number {i}")])
             write_wat([page], str(root / rel))
     return rels
-
-
-@contextlib.contextmanager
-def _serve(root: Path):
-    """A loopback HTTP server for `root` (127.0.0.1 only); yields its base URL."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_crawl_id_pattern():
@@ -72,7 +57,7 @@ def test_crawl_files_from_a_local_mirror(tmp_path):
 def test_crawl_id_over_http_then_extract_streams_the_files(tmp_path, dask_client):
     root = tmp_path / "mirror"
     rels = _fake_crawl(root, n_files=4, with_files=True)
-    with _serve(root) as base:
+    with serve_folder(root) as base:
         files = resolve_inputs([CRAWL], max_files=2, base=base)
         assert files == [f"{base}/{r}" for r in rels[:2]]
         wf = workflow_from_dict({"inputs": [CRAWL], "runner": {"progress": False},

@@ -4,17 +4,13 @@ and recorded, and `check` then runs the models from the cache alone (server stop
 which weights are missing (exit 2)."""
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
 import sysconfig
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +19,11 @@ import torch
 from torch import nn
 
 from laion_pipe.models.weights import cache_path
+from servers import serve_folder
 
 REPO = Path(__file__).parent.parent
 DEMO = str(REPO / "workflows" / "demo.yaml")
 ENV = {**os.environ, "COLUMNS": "200", "NO_ALBUMENTATIONS_UPDATE": "1"}
-
-
-@contextlib.contextmanager
-def serve(folder: Path):
-    """A static HTTP server on 127.0.0.1 (port chosen by the OS) serving `folder`."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def laion_pipe(*args: str) -> subprocess.CompletedProcess:
@@ -74,7 +56,7 @@ def test_fetch_refuses_a_wrong_sha256_keeps_the_right_one_and_check_runs_offline
     torch.save(head.state_dict(), served / "aesthetic.pth")
     right = hashlib.sha256((served / "aesthetic.pth").read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    with serve(served) as base:
+    with serve_folder(served) as base:
         url = f"{base}/aesthetic.pth"
         pinned = ["--cache-dir", str(cache), "--set", f"models.aesthetic.weights={url}"]
         r = laion_pipe("models", "fetch", DEMO, *pinned, "--set", f"models.aesthetic.sha256={'0' * 64}")
@@ -155,7 +137,7 @@ def test_fetch_gets_a_text_towers_tokenizer_files_and_the_checkpoint_of_a_tag(tm
         "watermark": demo.watermark.model_dump(),
         "aesthetic": {"clip": xlm, "weights": demo.aesthetic.weights}}})
     cache = tmp_path / "cache"
-    with serve(www) as base:
+    with serve_folder(www) as base:
         monkeypatch.setenv("HF_ENDPOINT", base)
         assert {(n.kind, n.location) for n in provision.needs(wf) if n.kind != "file"} == {
             ("clip", f"{base}/laion/CLIP-ViT-B-32-xlm-roberta-base-laion5B-s13B-b90k/resolve/main/open_clip_pytorch_model.bin"),

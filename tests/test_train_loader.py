@@ -3,14 +3,11 @@ TarWriter: JPEG + caption + LAION/img2dataset `.json`, with broken images, missi
 missing or null scores, and varied sizes and aspect ratios."""
 from __future__ import annotations
 
-import functools
-import http.server
 import io
 import math
 import random
 import subprocess
 import sys
-import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ from laion_pipe.train.loader import (LoaderSpec, LoaderStream, Position, ResumeP
                                      make_loader, resume_plan, worker_plan)
 from laion_pipe.train.loader_images import cover_size
 from s3_stub import moto_s3
+from servers import serve_folder
 
 REPO = Path(__file__).resolve().parents[1]
 LEFT, RIGHT = (230, 20, 20), (20, 20, 230)
@@ -553,22 +551,16 @@ def test_a_recipe_name_resolves_in_the_run_directory(tmp_path):
 
 def test_an_http_source_on_loopback(data):
     folder, written = data
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/{{00000..00007}}.tar"
+    with serve_folder(folder) as base:
+        url = f"{base}/{{00000..00007}}.tar"
         _, keys, skipped = collect(make_loader(spec(url, num_workers=2)))
         assert sorted(keys) == sorted(good(written))
         assert set(skipped) == {"no_caption", "decode_error"}
         with pytest.raises(ValueError, match="HTTP cannot be listed"):
-            make_loader(spec(f"http://127.0.0.1:{server.server_port}/*.tar"))
+            make_loader(spec(f"{base}/*.tar"))
         # a shard that is not there: counted, the others still read
         _, keys, skipped = collect(make_loader(spec(url.replace("00007}", "00008}"))))
         assert sorted(keys) == sorted(good(written)) and skipped["shard_error"] == 1
-    finally:
-        server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import csv
 import gzip
-import http.server
 import io
 import json
 import subprocess
 import sys
 import sysconfig
-import threading
-from functools import partial
 from pathlib import Path
 
 import orjson
@@ -29,6 +26,7 @@ from laion_pipe.runner import write_manifest
 from laion_pipe.schema import SUBSETS
 from laion_pipe.stages import extract
 from s3_stub import moto_s3
+from servers import serve_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -415,14 +413,8 @@ def test_a_range_ending_inside_a_quoted_field_fails_loudly(tmp_path):
 
 @pytest.fixture
 def http_root(tmp_path):
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(tmp_path) as base:
+        yield tmp_path, base
 
 
 def test_lists_over_http(http_root):
