@@ -104,3 +104,36 @@ def test_filtered_and_range_search_match_brute_force(files):
     s, i = knn.range_search(flat, q[0], 0.6, allowed)
     expected = np.flatnonzero(((x @ q[0]) > 0.6) & allowed)
     assert sorted(i.tolist()) == sorted(expected.tolist()) and (np.diff(s) <= 0).all()
+
+
+def test_reading_rows_maps_nothing_into_the_process(tmp_path):
+    """A training sample spread over large embedding files must not leave those files resident in
+    the reader: Dask's memory monitor counts a worker's mapped pages, and a memory-mapped read of a
+    100,000-row sample of 10M embeddings took workers past their limit (the nanny restarted them)."""
+    import psutil
+
+    rows, dim = 131_072, 512  # 128 MiB of float16
+    p = tmp_path / "img_emb_00000.npy"
+    np.save(p, np.random.default_rng(0).standard_normal((rows, dim)).astype(np.float16))
+    srcs = knn.sources([str(p)])
+    ids = knn.sample_ids(rows, 2000, seed=1)  # one row in 64: every 64 kB of the file
+    proc = psutil.Process()
+    before = proc.memory_info().rss
+    got = knn.read_rows(srcs, ids)
+    streamed = sum(len(b) for _, b in knn.iter_chunks(srcs, rows=16_384))  # each block dropped after use
+    grown = proc.memory_info().rss - before
+    np.testing.assert_array_equal(got, np.load(p)[ids].astype(np.float32))
+    assert streamed == rows
+    # the sample is 4 MiB of float32; a mapping with the kernel's fault-around would make the
+    # whole 128 MiB file resident
+    assert grown < 48 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB"
+
+
+def test_a_truncated_embedding_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "img_emb_00000.npy"
+    np.save(p, np.ones((1000, 16), np.float16))
+    srcs = knn.sources([str(p)])
+    with open(p, "r+b") as f:
+        f.truncate(p.stat().st_size - 100)
+    with pytest.raises(OSError, match="short read"):
+        knn.read_rows(srcs, np.array([999]))
