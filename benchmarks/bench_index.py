@@ -160,7 +160,15 @@ def pct(times: list[float]) -> dict:
     return {"p50_ms": round(float(np.percentile(times, 50)), 2), "p95_ms": round(float(np.percentile(times, 95)), 2)}
 
 
-def bench_size(n: int, dim: int, n_queries: int, root: Path, client, cfg: IndexConfig) -> dict:
+def read_rows_warm(srcs: list[knn.Source]) -> None:
+    """Touch every embedding file once, as a page that has served a few queries has: the re-scoring
+    reads 100 rows from the embedding files, which should be measured from the page cache, not
+    from a disk the build has just evicted."""
+    for _ in knn.iter_chunks(srcs):
+        pass
+
+
+def bench_size(n: int, dim: int, n_queries: int, root: Path, client, cfg: IndexConfig, nprobes: list[int]) -> dict:
     print(f"--- {n:,} x {dim} embeddings", flush=True)
     t = time.perf_counter()
     paths = write_embeddings(root / f"emb_{n}_{dim}", n, dim)
@@ -187,18 +195,28 @@ def bench_size(n: int, dim: int, n_queries: int, root: Path, client, cfg: IndexC
     import faiss
 
     faiss.omp_set_num_threads(1)  # as serve queries: one at a time, one thread (see serve/searcher.py)
-    found, times = latencies(lambda q: knn.search(index, q, 10)[1][0], queries)
-    result["ivf"] = {**pct(times), "recall@10": round(recall(found, truth), 4)}
+    from laion_pipe.serve.searcher import rerank
 
-    def reranked(q):
-        _, ids = knn.search(index, q, 100)
+    def reranked(q, nprobe=None):
+        _, ids = knn.search(index, q, 100, nprobe=nprobe)
         ids = ids[0][ids[0] >= 0]
-        from laion_pipe.serve.searcher import rerank
-
         return rerank(srcs, q, ids)[1][:10]
 
+    read_rows_warm(srcs)
+    found, times = latencies(lambda q: knn.search(index, q, 10)[1][0], queries)
+    result["ivf"] = {**pct(times), "recall@10": round(recall(found, truth), 4)}
     found, times = latencies(reranked, queries)
     result["ivf_rerank100"] = {**pct(times), "recall@10": round(recall(found, truth), 4)}
+    # the latency / recall trade-off a user sets with index.nprobe (or per query on the page)
+    result["nprobe_sweep"] = []
+    for nprobe in sorted({p for p in nprobes if p <= spec.nlist} | {spec.nprobe}):
+        f1, t1 = latencies(lambda q: knn.search(index, q, 10, nprobe=nprobe)[1][0], queries)
+        f2, t2 = latencies(lambda q: reranked(q, nprobe), queries)
+        result["nprobe_sweep"].append({"nprobe": nprobe, "ivf": {**pct(t1), "recall@10": round(recall(f1, truth), 4)},
+                                       "ivf_rerank100": {**pct(t2), "recall@10": round(recall(f2, truth), 4)}})
+        print(f"  nprobe {nprobe:4d}: p95 {result['nprobe_sweep'][-1]['ivf']['p95_ms']:7.2f} ms recall@10 "
+              f"{result['nprobe_sweep'][-1]['ivf']['recall@10']:.3f}; re-scored p95 {result['nprobe_sweep'][-1]['ivf_rerank100']['p95_ms']:7.2f} ms "
+              f"recall@10 {result['nprobe_sweep'][-1]['ivf_rerank100']['recall@10']:.3f}", flush=True)  # fmt: skip
 
     if n * dim * 4 <= 4 * 2**30:  # an exact flat index fits in memory: the baseline is its latency
         flat = knn.build_flat(knn.IndexSpec("flat", "Flat", n, dim), srcs)
@@ -214,6 +232,34 @@ def bench_size(n: int, dim: int, n_queries: int, root: Path, client, cfg: IndexC
     return result
 
 
+def plot(results: list[dict], path: str) -> None:
+    """Recall@10 against p95 latency over the nprobe sweep, one line per size and mode: where a
+    user would set index.nprobe."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        sweep = r.get("nprobe_sweep") or []
+        for mode, style in (("ivf", "o-"), ("ivf_rerank100", "s--")):
+            xs = [p[mode]["p95_ms"] for p in sweep]
+            ys = [p[mode]["recall@10"] for p in sweep]
+            ax.plot(xs, ys, style, label=f"{r['rows']:,} {'re-scored top 100' if mode != 'ivf' else 'PQ scores'}")
+            for p, x, y in zip(sweep, xs, ys):
+                ax.annotate(str(p["nprobe"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axvline(50, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("query p95 (ms, one thread)")
+    ax.set_ylabel("recall@10 vs exact search")
+    ax.set_title("IVF-PQ: recall against latency by nprobe (labels)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
@@ -221,6 +267,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--work", default=None, help="folder for the embeddings (kept for later runs); default: a temporary one")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--nprobes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256], help="IVF lists per query to sweep")
+    ap.add_argument("--plot", default="bench_index.png", help="where the recall / latency plot goes")
     ap.add_argument("--train-rows", type=int, default=None, help="index.train_rows (default: the index config's)")
     ap.add_argument("--nlist", type=int, default=None, help="index.nlist (default: the rule)")
     args = ap.parse_args()
@@ -234,7 +282,7 @@ def main() -> None:
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, memory_limit="8GB",
                       dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
         for n in args.sizes:
-            results.append(bench_size(n, args.dim, args.queries, root, client, cfg))
+            results.append(bench_size(n, args.dim, args.queries, root, client, cfg, args.nprobes))
     for r in results:
         base = r.get("flat_baseline")
         line = (f"{r['rows']:,} x {r['dim']}: build {r['build_s']}s, query p50 {r['ivf']['p50_ms']} ms p95 {r['ivf']['p95_ms']} ms "
@@ -245,6 +293,7 @@ def main() -> None:
         else:
             line += f"; ratio: exact streamed scan {r['exact_scan_ms_per_query']} ms/query / IVF p95 = {r['ratio_exact_scan_over_ivf_p95']}"
         print(line)
+    plot(results, args.plot)
     if not args.work:
         shutil.rmtree(root, ignore_errors=True)
 
