@@ -116,10 +116,11 @@ def free_port() -> int:
 
 
 class Nginx:
-    """nginx serving `root` on 127.0.0.1: /img/<anything>/<name> -> root/<name>."""
+    """nginx serving `root` on 127.0.0.1 (or on each of `hosts`, one port):
+    /img/<anything>/<name> -> root/<name>."""
 
-    def __init__(self, root: Path, work: Path):
-        self.root, self.work, self.port = root, work, free_port()
+    def __init__(self, root: Path, work: Path, hosts: tuple[str, ...] = ("127.0.0.1",)):
+        self.root, self.work, self.port, self.hosts = root, work, free_port(), hosts
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Nginx:
@@ -139,9 +140,9 @@ http {{
     uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;
     types {{ image/jpeg jpg; }}
     server {{
-        listen 127.0.0.1:{self.port} backlog=4096;
+        {" ".join(f"listen {h}:{self.port} backlog=4096;" for h in self.hosts)}
         root {self.root};
-        location /img/ {{ rewrite ^/img/[^/]+/(.+)$ /$1 break; }}
+        location /img/ {{ rewrite ^/img/.*/([^/]+)$ /$1 break; }}
     }}
 }}
 """
@@ -150,7 +151,7 @@ http {{
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.hosts[0], self.port), timeout=0.2).close()
                 return self
             except OSError:
                 if self.proc.poll() is not None:
@@ -163,15 +164,15 @@ http {{
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or self.hosts[0]}:{self.port}{path}"
 
 
 class PyServer:
-    def __init__(self, blobs: dict[str, bytes]):
+    def __init__(self, blobs: dict[str, bytes], host: str = "127.0.0.1"):
         from laion_pipe.demo.imageserver import ImageServer
 
-        self.srv = ImageServer()
+        self.srv = ImageServer(host=host)
         self.srv.add_blobs("/img", blobs)
 
     def __enter__(self) -> PyServer:

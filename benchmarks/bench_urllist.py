@@ -7,8 +7,12 @@
 
 Part 1, the whole run: a LAION-schema parquet list of `--rows` rows (URL, TEXT, WIDTH, HEIGHT,
 similarity, hash, punsafe, pwatermark, LICENSE: LAION-2B-en's columns) whose URLs point at one
-loopback image server (bench_download's: `--images` distinct JPEGs of 300x300 to 1600x1200; the
-host a real list would have is the first path segment, since there is no DNS here). In the same
+loopback image server (bench_download's images: `--images` distinct JPEGs of 300x300 to
+1600x1200; nginx when installed, as on the web the server's work is not the client's; else Python
+server threads). There is no DNS here, so each of the list's ten hosts is its own loopback
+address (127.0.0.2 to 127.0.0.11, the host's name kept as the first path segment): a client sees
+ten hosts, as it would on the real list, and per-host connection limits apply per host (ours
+allows `download.per_host` = 16 connections to each; img2dataset has no such limit). In the same
 run it times, as whole commands:
 - baseline: `img2dataset` on the list (parquet input, URL/TEXT, the other columns saved,
   webdataset output, 256 px keep_ratio, jpg q95, sha256, same processes, threads and shard size);
@@ -45,7 +49,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from laion_pipe import runner  # noqa: E402
-from bench_download import image_set, open_server, run_measured, successes  # noqa: E402 - the sibling benchmark
+from bench_download import Nginx, PyServer, image_set, run_measured, successes  # noqa: E402 - the sibling benchmark
 
 HOSTS = ["i.pinimg.com", "cdn.shopify.com", "images-na.ssl-images-amazon.com", "upload.wikimedia.org", "i.ebayimg.com",
          "ae01.alicdn.com", "img.etsystatic.com", "media.gettyimages.com", "farm4.staticflickr.com", "i.ytimg.com"]
@@ -86,19 +90,53 @@ def stage_times(run: Path, stage: str) -> tuple[float, float]:
     return max(m["finished"] for m in ms) - min(m["started"] for m in ms), sum(m["seconds"] for m in ms)
 
 
+class HostServers:
+    """The list's hosts as distinct loopback addresses (127.0.0.2, ...), as hosts on the web are to
+    a client: one nginx listening on all of them when nginx is installed (it serves from the
+    image folder with sendfile, so the server takes little of the CPU both sides share), else one
+    Python image server thread per address."""
+
+    def __init__(self, blobs: dict[str, bytes], folder: Path, work: Path, kind: str = "auto"):
+        self.address = {h: f"127.0.0.{2 + i}" for i, h in enumerate(HOSTS)}
+        if kind == "nginx" or (kind == "auto" and shutil.which("nginx")):
+            self.name = f"nginx on {len(HOSTS)} addresses 127.0.0.2-{1 + len(HOSTS)}"
+            self.nginx: Nginx | None = Nginx(folder, work / "nginx", tuple(self.address.values()))
+            self.servers: dict[str, PyServer] = {}
+        else:
+            self.name = f"python (laion_pipe.demo.imageserver), one thread per address 127.0.0.2-{1 + len(HOSTS)}"
+            self.nginx = None
+            self.servers = {h: PyServer(blobs, host=a) for h, a in self.address.items()}
+
+    def __enter__(self) -> HostServers:
+        for s in [self.nginx, *self.servers.values()]:
+            if s is not None:
+                s.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in [self.nginx, *self.servers.values()]:
+            if s is not None:
+                s.__exit__(*exc)
+
+    def url(self, host: str, path: str) -> str:
+        if self.nginx is not None:
+            return self.nginx.url(f"/img/{host}{path}", host=self.address[host])
+        return self.servers[host].url(f"/img/{host}{path}")
+
+
 def laion_pipe() -> str:
     return shutil.which("laion-pipe") or "laion-pipe"
 
 
-def whole_run(args, work: Path, env: dict) -> float:
+def whole_run(args, work: Path, env: dict) -> float | None:
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     blobs, folder = image_set(args.images, cache)
     names = sorted(blobs)
-    server_name, server = open_server("auto", blobs, folder, work)
     shard = args.shard_size or math.ceil(args.rows / (2 * args.processes))
-    with server:
-        table = laion_table(args.rows, lambda i, host: server.url(f"/img/{host}/originals/{i:07d}/{names[i % len(names)]}"))
+    with HostServers(blobs, folder, work, args.server) as server:
+        server_name = server.name
+        table = laion_table(args.rows, lambda i, host: server.url(host, f"/originals/{i:07d}/{names[i % len(names)]}"))
         lst = work / "laion-list.parquet"
         pq.write_table(table, lst, row_group_size=10_000)
         print(f"server: {server_name}; list: {args.rows:,} rows in LAION-2B-en's columns over {len(names)} JPEGs, "
@@ -115,14 +153,18 @@ def whole_run(args, work: Path, env: dict) -> float:
         wf.write_text("name: bench-urllist\n")
         ours = [laion_pipe(), "run", str(wf), "--stages", "extract,dedup,download", "--out", str(run), "--no-progress",
                 "--set", f"inputs=[{lst}]", "--set", "extract.lists.language=en",
-                "--set", f"dedup.rows_per_part={shard}", "--set", "download.allow_cidrs=[127.0.0.1/32]",
+                "--set", f"dedup.rows_per_part={shard}", "--set", "download.allow_cidrs=[127.0.0.0/8]",
                 "--set", f"download.threads={args.threads}", "--set", "download.image_size=256",
                 "--set", "download.resize_mode=keep_ratio", "--set", "download.encode_quality=95",
                 "--set", "download.timeout=10", "--set", f"cluster.n_workers={args.processes}",
-                "--set", "cluster.threads_per_worker=1", "--set", "cluster.processes=true"]
+                "--set", "cluster.threads_per_worker=1", "--set", "cluster.processes=true",
+                *[x for o in args.overrides for x in ("--set", o)]]
         rates, cpu, walls = {}, {}, {}
-        for name, cmd, stats_glob, out_dir in (("img2dataset", i2d, str(i2d_out / "*_stats.json"), i2d_out),
-                                               ("laion-pipe run", ours, str(run / "images" / "*" / "*_stats.json"), run)):
+        sides = (("img2dataset", i2d, str(i2d_out / "*_stats.json"), i2d_out),
+                 ("laion-pipe run", ours, str(run / "images" / "*" / "*_stats.json"), run))
+        for name, cmd, stats_glob, out_dir in sides:
+            if args.only and not name.startswith(args.only):
+                continue
             shutil.rmtree(out_dir, ignore_errors=True)
             load = os.getloadavg()[0]
             wall, peak, rc, cpu[name] = run_measured(cmd, env, work / f"{name.split()[0]}.log")
@@ -134,6 +176,8 @@ def whole_run(args, work: Path, env: dict) -> float:
             rates[name] = ok / wall
             print(f"{name:16s} {ok:6d}/{count} images in {wall:6.1f} s = {ok / wall:7.1f} images/s, peak memory "
                   f"{peak / 2**20:6.0f} MiB, CPU {cpu[name]:6.1f} s, load {load:.1f} -> {os.getloadavg()[0]:.1f}")
+        if args.only:
+            return None
         wall_x, task_x = stage_times(run, "extract")
         ours_wall = walls["laion-pipe run"]
         print(f"reading the list (extract stage): {wall_x:.2f} s of {ours_wall:.1f} s wall = {100 * wall_x / ours_wall:.2f}% of the run; "
@@ -181,6 +225,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=50_000, help="rows of the list the whole run starts from")
     ap.add_argument("--images", type=int, default=300, help="distinct images behind them")
     ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--server", choices=["auto", "nginx", "python"], default="auto",
+                    help="image server: nginx when installed (auto), or Python server threads")
     ap.add_argument("--threads", type=int, default=64)
     ap.add_argument("--shard-size", type=int, default=None, help="samples per shard (default: rows / (2 x processes))")
     ap.add_argument("--big-rows", type=int, default=10_000_000, help="rows of the list `laion-pipe extract` reads in part 2")
@@ -188,6 +234,9 @@ def main() -> int:
     ap.add_argument("--skip-big", action="store_true", help="skip part 2")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "laion_pipe_bench"))
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra workflow settings for our run (e.g. download.decode_threads=1)")
+    ap.add_argument("--only", choices=["img2dataset", "laion-pipe"], help="time one side only (no ratio)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_urllist_"))
     env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
