@@ -39,12 +39,15 @@ def dask_client():
             yield client
 
 
-# Longest modules first (measured: the demo's fixture alone takes ~4 minutes). pytest-xdist hands
-# out whole modules (--dist loadscope) in collection order, so a long module collected late runs
-# alone at the end while the other processes sit idle: the suite took 610 s that way, against
-# ~450 s with these first. Everything else keeps its order (the sort is stable).
-_LONGEST_FIRST = ("test_demo.py", "test_faults.py", "test_cli_e2e.py", "test_train.py", "test_train_resume.py",
-                  "test_bench_curation.py", "test_train_distributed.py", "test_evaluate_stage.py", "test_index_demo.py")
+# Longest modules first (CPU seconds measured on 2 cores: the demo's fixture alone ~240 s, then
+# the distributed trainings ~130 s, the fault tests ~100 s, ...). pytest-xdist hands out whole
+# modules (--dist loadscope --no-loadscope-reorder) in collection order, so a long module
+# collected late runs alone at the end while the other processes sit idle; longest first, the
+# short ones fill in at the end. Everything else keeps its order (the sort is stable).
+_LONGEST_FIRST = ("test_demo.py", "test_train_distributed.py", "test_faults.py", "test_rerun_cli.py", "test_cli_e2e.py",
+                  "test_bench_curation.py", "test_index_demo.py", "test_train.py", "test_rerun_converges.py",
+                  "test_train_loader.py", "test_dedup.py", "test_evaluate_stage.py", "test_train_resume.py",
+                  "test_draft_psnr.py", "test_train_resume_workers.py", "test_train_launch.py")
 
 
 def pytest_collection_modifyitems(config, items):

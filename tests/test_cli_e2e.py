@@ -24,6 +24,10 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 DEMO_WORKFLOW = REPO / "workflows" / "demo.yaml"
 LAION_COLUMNS = ["URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "punsafe", "pwatermark", "LANGUAGE"]
+# One local worker instead of the demo workflow's two: each command starts its own cluster, and
+# each worker process imports the stack and, for score, loads the models (seconds each). The
+# two-worker runs are test_demo's and test_faults'.
+ONE_WORKER = ("--set", "cluster.n_workers=1")
 
 
 def cli(*args: str, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -48,7 +52,8 @@ def world(tmp_path_factory):
 def staged_run(world, tmp_path_factory) -> Path:
     """extract -> dedup -> download -> score -> select -> stats, one command each, as the README shows."""
     out = tmp_path_factory.mktemp("staged") / "run"
-    ok(cli("extract", *world.wat_paths, "--out", str(out), "--workflow", str(DEMO_WORKFLOW), "--no-progress"))
+    ok(cli("extract", *world.wat_paths, "--out", str(out), "--workflow", str(DEMO_WORKFLOW), "--no-progress", *ONE_WORKER))
+    assert "n_workers: 1" in (out / "_state" / "workflow.yaml").read_text()  # the later commands use the run's saved workflow
     for stage in ("dedup", "download", "score", "select"):
         r = ok(cli(stage, "--out", str(out), "--no-progress"))
         assert f"{stage}:" in r.stderr and "failed of" in r.stderr, r.stderr[-2000:]
@@ -120,11 +125,11 @@ def test_stats_on_a_quoted_glob(laion_parquets, tmp_path):
 def test_run_a_workflow_by_stage_ranges(world, tmp_path):
     out = tmp_path / "run"
     inputs = "inputs=" + json.dumps(world.wat_paths)
-    r = ok(cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", inputs, "--stages", ":dedup", "--no-progress"))
+    r = ok(cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", inputs, "--stages", ":dedup", "--no-progress", *ONE_WORKER))
     assert "run summary" in r.stderr
     st = json.loads(ok(cli("status", str(out), "--json")).stdout)
     assert set(st) >= {"extract", "dedup"} and "download" not in st
-    r = ok(cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", inputs, "--stages", "extract", "--no-progress"))
+    r = ok(cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", inputs, "--stages", "extract", "--no-progress", *ONE_WORKER))
     assert "skipped" in r.stderr  # done partitions are not redone
     r = ok(cli("run", str(DEMO_WORKFLOW), "--out", str(out), "--set", inputs, "--dry-run"))
     assert "extract" in r.stdout + r.stderr

@@ -27,7 +27,12 @@ from laion_pipe.runner import read_manifest
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = ["dedup.rows_per_part=12", "select.samples_per_shard=20", "runner.progress=false", "select.presets=[]"]
+# no plots: drawing them is the statistics' own tests' business, and costs every run here seconds
+OVERRIDES = ["dedup.rows_per_part=12", "select.samples_per_shard=20", "runner.progress=false", "select.presets=[]",
+             "stats.plots=false"]
+# the console-command runs use one local worker: one process loading the scoring models instead of
+# two (the kill of a worker and the real multi-process cluster have two)
+ONE_WORKER = ["--set", "cluster.n_workers=1"]
 TIMEOUT = 240
 
 
@@ -86,12 +91,19 @@ def assert_all_final_files_complete(out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def clean(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean")
-    wf = demo_workflow(world.wat_paths, str(out), OVERRIDES)
+def two_workers():
+    """A LocalCluster of two worker processes: the clean run's, then the one whose worker is
+    killed (starting it and loading the models in both workers once, not twice)."""
     cluster, client = _client()
     with cluster, client:
-        reports = run_stages(wf, str(out), PIPELINE_STAGES, client)
+        yield client
+
+
+@pytest.fixture(scope="module")
+def clean(world, two_workers, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean")
+    wf = demo_workflow(world.wat_paths, str(out), OVERRIDES)
+    reports = run_stages(wf, str(out), PIPELINE_STAGES, two_workers)
     assert not any(r.failed for r in reports)
     contents = dataset_contents(out)
     assert len(contents["members"]) > 10, "the demo world must yield a real dataset"
@@ -111,45 +123,44 @@ def _done(out: Path, stage: str) -> list[Path]:
     return [p for p in d.glob("*.json") if not p.name.startswith("_") and '"done"' in p.read_text()] if d.exists() else []
 
 
-def test_worker_sigkilled_mid_download_changes_nothing(world, clean, tmp_path):
+def test_worker_sigkilled_mid_download_changes_nothing(world, clean, two_workers, tmp_path):
     out = tmp_path / "run"
     wf = demo_workflow(world.wat_paths, str(out), OVERRIDES)
-    cluster, client = _client()
-    with cluster, client:
-        run_stages(wf, str(out), ["extract", "dedup"], client)
-        n_shards = len(list((out / "unique").glob("*/*.parquet")))
-        assert n_shards >= 4
-        world.spec.latency = 0.4  # slow downloads, so a worker can be caught in the middle of one
-        errors: list = []
-        reports: list = []
+    client = two_workers
+    run_stages(wf, str(out), ["extract", "dedup"], client)
+    n_shards = len(list((out / "unique").glob("*/*.parquet")))
+    assert n_shards >= 4
+    world.spec.latency = 0.4  # slow downloads, so a worker can be caught in the middle of one
+    errors: list = []
+    reports: list = []
 
-        def go():
-            try:
-                reports.extend(run_stages(wf, str(out), ["download"], client))
-            except BaseException as e:  # noqa: BLE001 - surfaced below
-                errors.append(e)
-
-        th = threading.Thread(target=go)
-        th.start()
+    def go():
         try:
-            def busy_worker():
-                for addr, keys in client.processing().items():
-                    if any(str(k).startswith("download-") for k in keys):
-                        return addr
-                return None
+            reports.extend(run_stages(wf, str(out), ["download"], client))
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
 
-            _wait_for(lambda: busy_worker() is not None, what="a download task on a worker")
-            time.sleep(0.3)  # well inside the shard: requests in flight, nothing written yet
-            addr = busy_worker()
-            pid = client.run(os.getpid, workers=[addr])[addr]
-            os.kill(pid, signal.SIGKILL)
-            th.join(TIMEOUT)
-        finally:
-            world.spec.latency = 0.0
-        assert not th.is_alive() and not errors, errors
-        assert reports and not reports[0].failed
-        assert len(_done(out, "download")) == n_shards
-        run_stages(wf, str(out), ["score", "select", "stats"], client)
+    th = threading.Thread(target=go)
+    th.start()
+    try:
+        def busy_worker():
+            for addr, keys in client.processing().items():
+                if any(str(k).startswith("download-") for k in keys):
+                    return addr
+            return None
+
+        _wait_for(lambda: busy_worker() is not None, what="a download task on a worker")
+        time.sleep(0.3)  # well inside the shard: requests in flight, nothing written yet
+        addr = busy_worker()
+        pid = client.run(os.getpid, workers=[addr])[addr]
+        os.kill(pid, signal.SIGKILL)
+        th.join(TIMEOUT)
+    finally:
+        world.spec.latency = 0.0
+    assert not th.is_alive() and not errors, errors
+    assert reports and not reports[0].failed
+    assert len(_done(out, "download")) == n_shards
+    run_stages(wf, str(out), ["score", "select", "stats"], client)
     assert_same_dataset(dataset_contents(out), clean)
 
 
@@ -164,7 +175,7 @@ def _cli_run(out: Path, world, extra: list[str] = (), **kw) -> subprocess.Popen:
 def test_driver_sigkilled_then_rerun_redoes_only_unfinished(world, clean, tmp_path):
     out = tmp_path / "run"
     world.spec.latency = 0.3
-    proc = _cli_run(out, world)
+    proc = _cli_run(out, world, ONE_WORKER)
     try:
         _wait_for(lambda: len(_done(out, "download")) >= 1 or proc.poll() is not None, what="a finished download shard")
         assert proc.poll() is None, proc.stdout.read()
@@ -181,7 +192,7 @@ def test_driver_sigkilled_then_rerun_redoes_only_unfinished(world, clean, tmp_pa
                 st = (out / rel).stat()
                 finished[rel] = (st.st_ino, st.st_mtime_ns, st.st_size)
     assert any(r.startswith("images/") for r in finished)
-    rerun = _cli_run(out, world)
+    rerun = _cli_run(out, world, ONE_WORKER)
     log, _ = rerun.communicate(timeout=TIMEOUT)
     assert rerun.returncode == 0, log
     for rel, ident in finished.items():
@@ -197,7 +208,8 @@ def test_poison_input_fails_alone_and_run_says_incomplete(world, clean, tmp_path
     poison = tmp_path / "poison.warc.wat.gz"
     poison.write_bytes(b"\x1f\x8b" + os.urandom(2000))  # gzip magic, then nothing a reader can use
     out = tmp_path / "run"
-    proc = _cli_run(out, world, ["--set", "inputs=" + json.dumps([*world.wat_paths, str(poison)]), "--set", "runner.retries=1"])
+    proc = _cli_run(out, world, ["--set", "inputs=" + json.dumps([*world.wat_paths, str(poison)]), "--set", "runner.retries=1",
+                                 *ONE_WORKER])
     log, _ = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 1, log
     st = subprocess.run([sys.executable, "-m", "laion_pipe.cli", "status", str(out), "--json"], capture_output=True, text=True)

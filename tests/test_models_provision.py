@@ -48,7 +48,7 @@ class ImprovedMLP(nn.Module):
 
 
 @pytest.mark.slow  # three commands, each importing torch and open_clip
-def test_fetch_refuses_a_wrong_sha256_keeps_the_right_one_and_check_runs_offline(tmp_path):
+def test_fetch_refuses_a_wrong_sha256_keeps_the_right_one_and_check_runs_offline(tmp_path, capfd):
     torch.manual_seed(5)
     head = ImprovedMLP(64).eval()  # the demo CLIP's embedding size, so the demo workflow can run it
     served = tmp_path / "www"
@@ -59,9 +59,15 @@ def test_fetch_refuses_a_wrong_sha256_keeps_the_right_one_and_check_runs_offline
     with serve_folder(served) as base:
         url = f"{base}/aesthetic.pth"
         pinned = ["--cache-dir", str(cache), "--set", f"models.aesthetic.weights={url}"]
-        r = laion_pipe("models", "fetch", DEMO, *pinned, "--set", f"models.aesthetic.sha256={'0' * 64}")
-        assert r.returncode == 1, r.stderr
-        err = " ".join(r.stderr.split())
+        # the refusal: the same command line through the CLI's main in this process (the fetch
+        # and the check below are the console command)
+        from laion_pipe.cli import main
+
+        capfd.readouterr()
+        rc = main(["models", "fetch", DEMO, *pinned, "--set", f"models.aesthetic.sha256={'0' * 64}"])
+        out, stderr = capfd.readouterr()
+        assert rc == 1, out + stderr
+        err = " ".join(stderr.split())
         assert "refused" in err and f"sha256 {right} does not match the pinned {'0' * 64}" in err
         assert not cache_path(url, cache).exists() and not list(cache.rglob("*.pth"))
 

@@ -237,3 +237,30 @@ def test_run_on_a_dask_client(tmp_path, models_cfg, dask_client):
     again = score.run(str(tmp_path), wf, dask_client)
     assert again.done == 0 and again.skipped == 3 and again.kept == {"en": 8, "multi": 4}
     assert pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "scores").glob("*/*.parquet"))]).num_rows == 12
+
+
+def test_planning_with_a_custom_clip_config_needs_no_open_clip_and_still_checks_the_file(tmp_path):
+    """The plan's model identity (every `run`/`score` command's driver computes it) reads a
+    custom model-config JSON without importing open_clip, which costs seconds per command; a
+    broken config file is still a configuration error before any work."""
+    import subprocess
+    import sys
+
+    from laion_pipe.config import ConfigError
+    from laion_pipe.demo.run import demo_workflow
+    from laion_pipe.models.scorer import model_identity
+
+    code = ("import sys; from laion_pipe.demo.run import demo_workflow; from laion_pipe.models.scorer import model_identity; "
+            "ident = model_identity(demo_workflow([], 'unused'), 'en'); assert ident['clip']['model'].endswith('.json'); "
+            "print('open_clip' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "False"
+    broken = tmp_path / "broken-clip.json"
+    broken.write_text('{"embed_dim": 8, "vision_cfg": {}}')
+    wf = demo_workflow([], str(tmp_path), [f"models.clip_en.model={broken}"])
+    with pytest.raises(ConfigError, match=r"missing keys \['text_cfg'\]"):
+        model_identity(wf, "en")
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read JSON"):
+        model_identity(wf, "en")

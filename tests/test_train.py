@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train_fixtures import run_cli, same_image, tiny_demo_unet_config, train_command, train_workflow, write_dataset, write_workflow
+from train_fixtures import (run_cli, run_in_process, same_image, tiny_demo_unet_config, train_command, train_workflow,
+                            write_dataset, write_workflow)
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def demo_run(tmp_path):
     return run, wf
 
 
-def test_demo_model_trains_through_the_cli(demo_run):
+def test_demo_model_trains_through_the_cli(demo_run, capfd):
     from laion_pipe.train.loader import is_holdout
     from laion_pipe.train.sampling import load_generator
 
@@ -59,8 +60,8 @@ def test_demo_model_trains_through_the_cli(demo_run):
     b = gen.generate(["a red circle on a white background"], [3], steps=4, sampler="ddim")
     assert same_image(a[0], b[0]) and not same_image(a[0], a[1], tol=20)
     assert a[0].size == (16, 16)
-    # a rerun with the same data and settings skips
-    again = run_cli([*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"])
+    # a rerun with the same data and settings skips (the same command, in this process)
+    again = run_in_process(["train", "--out", str(run), "--workflow", str(wf), "--no-progress"], capfd)
     assert again.returncode == 0 and "1 skipped" in again.stderr, again.stderr[-2000:]
 
 
@@ -143,26 +144,30 @@ def test_torch_compile_option_trains_and_saves_plain_weights(tmp_path):
     assert not any(k.startswith("_orig_mod") for k in unet.state_dict())
 
 
-def test_more_steps_continue_from_the_last_checkpoint_and_force_starts_over(tmp_path):
+def test_more_steps_continue_from_the_last_checkpoint_and_force_starts_over(tmp_path, capfd):
     """A rerun with a larger max_steps continues from the newest checkpoint (the last step is
-    always one); --force throws the run away and starts again."""
+    always one); --force throws the run away and starts again. The --force run is the console
+    command in a subprocess; the others are the same command line through the CLI's `main` in this
+    process (a fresh interpreter each would only import torch and diffusers again)."""
     run = tmp_path / "run"
     write_dataset(run, n=8, shards=1)
     data = train_workflow(run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=2,
                           checkpoint_every=100)
     wf = write_workflow(tmp_path / "wf.yaml", data)
-    cmd = [*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"]
-    assert run_cli(cmd).returncode == 0
+    args = ["train", "--out", str(run), "--workflow", str(wf), "--no-progress"]
+    res = run_in_process(args, capfd)
+    assert res.returncode == 0, res.stderr[-2000:]
     summary = run / "train" / "t" / "summary.json"
     assert json.loads(summary.read_text())["resumed_from"] is None
-    res = run_cli([*cmd, "--set", "train.max_steps=3"])
+    res = run_in_process([*args, "--set", "train.max_steps=3"], capfd)
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads(summary.read_text())
     assert s["resumed_from"] == 2 and s["steps"] == 3
     assert [json.loads(x)["step"] for x in (run / "train" / "t" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    cmd = [*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"]
     res = run_cli([*cmd, "--set", "train.max_steps=3", "--force"])
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(summary.read_text())["resumed_from"] is None
     # a checkpoint of another model is never resumed silently
-    res = run_cli([*cmd, "--set", "train.max_steps=4", "--set", "train.resolution=8"])
+    res = run_in_process([*args, "--set", "train.max_steps=4", "--set", "train.resolution=8"], capfd)
     assert res.returncode == 1 and "--force" in res.stderr, res.stderr[-2000:]

@@ -11,16 +11,18 @@ import time
 
 import pytest
 
-from train_fixtures import REPO, run_cli, tiny_demo_unet_config, train_command, train_workflow, write_dataset, write_workflow
+from train_fixtures import (REPO, run_cli, run_in_process, tiny_demo_unet_config, train_command, train_workflow, write_dataset,
+                            write_workflow)
 
 pytestmark = pytest.mark.slow
+STEPS = 30  # a batch of 12 from 40 samples: 10 epochs, the cosine schedule and the EMA all the way through
 
 
 def _setup(tmp_path, name):
     run = tmp_path / "run"  # one path for both runs: the loader's per-sample draws hash the shard's path
     write_dataset(run, n=40, shards=2)
     wf = write_workflow(tmp_path / f"{name}.yaml", train_workflow(
-        run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=60, checkpoint_every=5,
+        run, model="demo", unet_config=str(tiny_demo_unet_config(tmp_path)), max_steps=STEPS, checkpoint_every=5,
         checkpoints_total_limit=2, batch_size=12, ema=True, ema_decay=0.9, lr_scheduler="cosine", lr_warmup_steps=3,
         caption_dropout=0.2, random_flip=True, center_crop=False, noise_offset=0.05, snr_gamma=5.0))
     return run, wf
@@ -32,9 +34,11 @@ def _unet(path):
     return UNet2DConditionModel.from_pretrained(str(path)).state_dict()
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, capfd):
     ref_run, ref_wf = _setup(tmp_path, "ref")
-    res = run_cli([*train_command(), "--out", str(ref_run), "--workflow", str(ref_wf), "--no-progress"])
+    # the uninterrupted reference: the same command in this process (the killed run and the resumed
+    # one are console commands in their own processes)
+    res = run_in_process(["train", "--out", str(ref_run), "--workflow", str(ref_wf), "--no-progress"], capfd)
     assert res.returncode == 0, res.stderr[-3000:]
     ref_run = ref_run.rename(tmp_path / "ref")
 
@@ -57,7 +61,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
             proc.kill()
     assert not (tdir / "final").exists(), "killed too late: the run had finished"
     killed_at = max(int(p.name.split("-")[1]) for p in tdir.glob("checkpoint-*"))
-    assert 10 <= killed_at < 60
+    assert 10 <= killed_at < STEPS
 
     res = run_cli([*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -65,12 +69,12 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert summary["resumed_from"] is not None and summary["resumed_from"] >= killed_at
     # every step logged once, the lines of steps after the checkpoint replaced by the resumed run's
     steps = [json.loads(x)["step"] for x in (tdir / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, STEPS + 1))
     ref_rows = [json.loads(x) for x in (ref_run / "train" / "t" / "metrics.jsonl").read_text().splitlines()]
     rows = [json.loads(x) for x in (tdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in ref_rows]
-    for part in ("final/unet", "checkpoint-60/unet", "checkpoint-60/unet_ema"):
+    for part in ("final/unet", f"checkpoint-{STEPS}/unet", f"checkpoint-{STEPS}/unet_ema"):
         a, b = _unet(ref_run / "train" / "t" / part), _unet(tdir / part)
         different = [k for k in a if not (a[k] == b[k]).all()]
         assert not different, f"{part}: {len(different)} tensors differ, e.g. {different[:3]}"

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from train_fixtures import REPO, run_cli, tiny_demo_unet_config, train_command, train_workflow, write_dataset, write_workflow
+from train_fixtures import (REPO, run_cli, run_in_process, tiny_demo_unet_config, train_command, train_workflow, write_dataset,
+                            write_workflow)
 
 pytestmark = pytest.mark.slow
 SIZES = [60, 6]  # batches of 4: 15 from one shard's worker, 2 (4 + 2) from the other's
@@ -37,9 +38,11 @@ def _keys(tdir) -> dict[int, list[str]]:
     return {int(e): k for e, k in doc["keys"].items()}
 
 
-def test_sigkill_in_the_tail_of_an_epoch_with_two_workers_resumes_without_replay_or_skip(tmp_path):
+def test_sigkill_in_the_tail_of_an_epoch_with_two_workers_resumes_without_replay_or_skip(tmp_path, capfd):
     ref_run, ref_wf = _setup(tmp_path, "ref")
-    res = run_cli([*train_command(), "--out", str(ref_run), "--workflow", str(ref_wf), "--no-progress"])
+    # the uninterrupted reference: the same command in this process (the killed run and the resumed
+    # one are console commands in their own processes)
+    res = run_in_process(["train", "--out", str(ref_run), "--workflow", str(ref_wf), "--no-progress"], capfd)
     assert res.returncode == 0, res.stderr[-3000:]
     ref_run = ref_run.rename(tmp_path / "ref")
     ref = _keys(ref_run / "train" / "t")

@@ -161,6 +161,25 @@ def run_cli(args: list[str], timeout: float = 600, **kw) -> subprocess.Completed
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw)
 
 
+def run_in_process(args: list[str], capfd) -> subprocess.CompletedProcess:
+    """`laion-pipe ARGS` through the CLI's own `main` in this process: the same parsing, checks and
+    stage code as `run_cli`, without a fresh interpreter importing torch, diffusers and open_clip
+    again (seconds each time). For the repeated runs of a test whose command itself is already run
+    in a subprocess elsewhere. torch's thread count is restored afterwards (training sets it)."""
+    import torch
+
+    from laion_pipe.cli import main
+
+    threads = torch.get_num_threads()
+    capfd.readouterr()
+    try:
+        rc = main(args)
+    finally:
+        torch.set_num_threads(threads)
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["laion-pipe", *args], rc, out, err)
+
+
 def same_image(a, b, tol: int = 2) -> bool:
     """Two generated images are the same draw when no pixel differs by more than `tol` levels.
 

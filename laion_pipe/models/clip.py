@@ -36,9 +36,9 @@ HF_TEXT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "spec
                  "sentencepiece.bpe.model", "spiece.model", "vocab.json", "merges.txt", "vocab.txt")
 
 
-def _register_model_config(path: str) -> str:
-    """Register a custom open_clip model-config JSON and return the name open_clip knows it by
-    (the file's stem, open_clip's own convention for its config folder)."""
+def read_model_config(path: str) -> tuple[Path, dict]:
+    """A custom open_clip model-config JSON, checked (readable, the flat layout, the keys
+    open_clip needs) without importing open_clip: (resolved path, config)."""
     p = Path(path).expanduser().resolve()
     try:
         cfg = json.loads(p.read_text())
@@ -51,6 +51,13 @@ def _register_model_config(path: str) -> str:
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
         raise ValueError(f"CLIP model config {p}: missing keys {missing}")
+    return p, cfg
+
+
+def _register_model_config(path: str) -> str:
+    """Register a custom open_clip model-config JSON and return the name open_clip knows it by
+    (the file's stem, open_clip's own convention for its config folder)."""
+    p, cfg = read_model_config(path)
     import open_clip
 
     with _register_lock:

@@ -51,9 +51,12 @@ def _dump(cfg: Any) -> Any:
 def _architectures(wf: Any, subset: str) -> list[str]:
     """How each CLIP named by an open_clip tag is built (QuickGELU or not): the rule changed
     (issue 18: OpenAI's weights now always get QuickGELU), so scores computed before it rerun.
-    A model/tag pair that cannot be built right is a configuration error here, before any work."""
+    A model/tag pair that cannot be built right is a configuration error here, before any work.
+    A custom model-config JSON with a weights file (the demo's CLIP) has no tag: its file is
+    checked without importing open_clip, which would cost every `run`/`score` command's driver
+    seconds."""
     from ..config import ConfigError
-    from .clip import clip_source
+    from .clip import _is_config_path, _is_tag, clip_source, read_model_config
 
     heads = _head_configs(wf)
     cfgs = [clip_config_for(wf, subset)] + [getattr(heads[h], "clip", None) for h in ("nsfw", "aesthetic")]
@@ -62,6 +65,9 @@ def _architectures(wf: Any, subset: str) -> list[str]:
         if cfg is None:
             continue
         try:
+            if _is_config_path(cfg.model) and not (cfg.pretrained and _is_tag(cfg.pretrained)):
+                read_model_config(cfg.model)
+                continue
             src = clip_source(cfg)
         except ValueError as e:
             raise ConfigError(f"models: {e}") from None
