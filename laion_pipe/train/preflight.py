@@ -53,11 +53,16 @@ def _max_original_side(shards: list[str]) -> int | None:
             return None
         fs, path = fsio.fs_and_path(p)
         with fs.open(path, "rb") as f:
-            t = pq.read_table(f)
-        cols = set(t.column_names)
-        w, h = ("original_width", "original_height") if "original_width" in cols else ("WIDTH", "HEIGHT")
-        if w not in cols or h not in cols:
-            return None
+            # Two columns through ParquetFile on this thread, not pq.read_table: its dataset
+            # scanner leaves Arrow threads that can abort the interpreter at exit
+            # ("terminate called without an active exception", apache/arrow#34314), which
+            # turned a usage error's exit 2 into a SIGABRT once on a loaded machine.
+            pf = pq.ParquetFile(f)
+            cols = set(pf.schema_arrow.names)
+            w, h = ("original_width", "original_height") if "original_width" in cols else ("WIDTH", "HEIGHT")
+            if w not in cols or h not in cols:
+                return None
+            t = pf.read(columns=[w, h], use_threads=False)
         for a, b in zip(t.column(w).to_pylist(), t.column(h).to_pylist()):
             if a and b:
                 best = max(best or 0, min(int(a), int(b)))
