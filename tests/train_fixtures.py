@@ -171,11 +171,19 @@ def run_in_process(args: list[str], capfd) -> subprocess.CompletedProcess:
     from laion_pipe.cli import main
 
     threads = torch.get_num_threads()
+    env = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}  # as run_cli gives the subprocess
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     capfd.readouterr()
     try:
         rc = main(args)
     finally:
         torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(["laion-pipe", *args], rc, out, err)
 
