@@ -34,14 +34,19 @@ from . import fsio
 # --- embedding files ---------------------------------------------------------------------------------
 
 
+def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the `.npy` file open at its start; leaves `f` at the data."""
+    major, _ = np.lib.format.read_magic(f)
+    reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(f)
+    return tuple(shape), fortran, np.dtype(dtype)
+
+
 def npy_shape(path: str) -> tuple[int, ...]:
     """The shape of a `.npy` file from its header alone (works on any fsspec path)."""
     fs, p = fsio.fs_and_path(path)
     with fs.open(p, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = reader(f)
-    return tuple(shape)
+        return _read_header(f)[0]
 
 
 def open_npy(path: str) -> np.ndarray:
@@ -57,7 +62,6 @@ class _NpyLayout:
 
     offset: int  # bytes before the first row
     dtype: np.dtype
-    rows: int
     dim: int
 
     @property
@@ -69,14 +73,12 @@ class _NpyLayout:
 def _layout(path: str, mtime_ns: int, size: int) -> _NpyLayout:
     """One header parse per file version (a query touching 100 files must not reparse them)."""
     with open(path, "rb") as f:
-        major, _ = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = reader(f)
+        shape, fortran, dtype = _read_header(f)
         offset = f.tell()
     if fortran or len(shape) != 2:
         raise ValueError(f"{path}: expected a C-ordered 2-D array of embeddings, got shape {shape}"
                          f"{' in Fortran order' if fortran else ''}")  # fmt: skip
-    return _NpyLayout(offset, np.dtype(dtype), int(shape[0]), int(shape[1]))
+    return _NpyLayout(offset, dtype, int(shape[1]))
 
 
 def _local_layout(path: str) -> _NpyLayout:
@@ -141,6 +143,13 @@ def sources(paths: Sequence[str], rows: Sequence[int] | None = None) -> list[Sou
     return out
 
 
+def _dim(path: str) -> int:
+    """The row width of an embedding file (a local file's header is parsed once per version:
+    every query of the search page reads rows)."""
+    local = _local(path)
+    return _local_layout(local).dim if local is not None else npy_shape(path)[1]
+
+
 def _file_rows(path: str, local_rows: np.ndarray) -> np.ndarray:
     """Rows (sorted row numbers) of one embedding file, in its own dtype."""
     local = _local(path)
@@ -155,7 +164,7 @@ def read_rows(srcs: Sequence[Source], ids: np.ndarray) -> np.ndarray:
     offsets = np.array([s.offset for s in srcs], dtype=np.int64)
     which = np.searchsorted(offsets, ids, side="right") - 1
     first = next((s for s in srcs if s.rows), None)
-    dim = npy_shape(first.path)[1] if first is not None else 0
+    dim = _dim(first.path) if first is not None else 0
     out = np.empty((len(ids), dim), dtype=np.float32)
     for f in np.unique(which):
         sel = np.flatnonzero(which == f)
