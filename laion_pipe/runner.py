@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import time
 import traceback
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -554,6 +555,11 @@ def run_stage(
         # held by the scheduler were most of the driver's memory. A task, not scattered data, so
         # a lost worker's copy is recomputed.
         shared_wf = client.submit(_workflow, wf, pure=False) if todo else None
+        # Each call's task keys are its own: a key reused by a second call on the same client
+        # (a --force rerun, a rerun after a change the fingerprint does not see) can be handed
+        # the first call's result while the scheduler still holds it, and the work is silently
+        # skipped (seen under load in test_force_redoes_done_partitions).
+        run_id = uuid.uuid4().hex[:8]
         for part in todo:
             fut = client.submit(
                 _run_partition,
@@ -562,7 +568,7 @@ def run_stage(
                 fn,
                 out,
                 shared_wf,
-                key=f"{stage}-{part.key}-{part.fingerprint}",
+                key=f"{stage}-{part.key}-{part.fingerprint}-{run_id}",
                 pure=False,
                 retries=retries,
                 resources=resources,

@@ -174,6 +174,18 @@ def test_force_redoes_done_partitions(tmp_path, inputs, dask_client):
     assert (rep.done, rep.skipped) == (3, 0) and _calls(out, "part-00000") == 2
 
 
+def test_forced_reruns_back_to_back_on_one_client_each_do_the_work(tmp_path, inputs, dask_client):
+    """Same partitions, same fingerprints, one client, no pause: every forced run must run every
+    partition. With one task key per partition and fingerprint, a run was sometimes handed the
+    previous run's result still held by the scheduler (under load: 1 call in 22 lost)."""
+    out = tmp_path / "run"
+    forced = workflow_from_dict({"runner": {"progress": False, "force": True}})
+    for i in range(1, 31):
+        rep = run_stage("toy", _plan(inputs), _copy_upper, str(out), forced, dask_client)
+        assert (rep.done, rep.skipped) == (3, 0)
+        assert [_calls(out, f"part-{k:05d}") for k in range(3)] == [i, i, i], f"forced run {i}"
+
+
 # --- the rule reruns converge by: current plans, upstream chains, stale outputs ------------------
 
 
