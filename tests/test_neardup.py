@@ -16,7 +16,7 @@ from laion_pipe import runner
 from laion_pipe.config import workflow_from_dict
 from laion_pipe.models.demo import synth
 from laion_pipe.neardup import match
-from laion_pipe.neardup.phash import bands, colour_array, features, features_of_bytes, hamming, hash_of_thumbnail, phash
+from laion_pipe.neardup.phash import bands, colour_array, features, features_of_bytes, hamming, hash_of_thumbnail, phash, thumbnail
 from laion_pipe.schema import SCORE_SCHEMA
 from laion_pipe.stages import select
 
@@ -67,6 +67,26 @@ def test_phash_is_within_a_few_bits_of_imagehash():
     for d in (demo, photos):
         assert np.mean(d) < 1.0 and np.mean(np.array(d) <= 2) >= 0.9, np.bincount(d)
     assert max(photos) <= 4, np.bincount(photos)
+
+
+def test_thumbnail_is_opencvs_area_filter_in_one_step():
+    """The block-then-area thumbnail against OpenCV's own one-step INTER_AREA (the reference) on
+    photos and scenes at the sizes a resize makes (one side a multiple of 32) and others: at most
+    one level apart where the two round a .5 differently, and the same hash."""
+    import cv2
+
+    rng = np.random.default_rng(1)
+    sizes = [(256, 341), (341, 256), (455, 256), (256, 256), (384, 500), (512, 683), (256, 1024), (320, 250), (250, 333), (31, 64)]
+    for i in range(40):
+        w, h = sizes[i % len(sizes)]
+        im = _photo_like(w, h, i) if i % 2 else synth.render(synth.random_scene(rng), 64).resize((w, h))
+        arr = np.asarray(im)[..., ::-1].copy()
+        got, want = thumbnail(arr), cv2.resize(arr, (32, 32), interpolation=cv2.INTER_AREA)
+        assert got.shape == want.shape == (32, 32, 3) and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - want.astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() >= 0.99, (w, h)
+        grey = [cv2.cvtColor(t, cv2.COLOR_BGR2GRAY) for t in (got, want)]
+        assert hash_of_thumbnail(grey[0]) == hash_of_thumbnail(grey[1]), (w, h)
 
 
 def test_colour_grid_is_the_mean_colour_of_each_quadrant():

@@ -54,11 +54,35 @@ def _array(image: Image.Image | np.ndarray, bgr: bool) -> tuple[np.ndarray, bool
     return arr, bgr
 
 
+def thumbnail(arr: np.ndarray) -> np.ndarray:
+    """The THUMBxTHUMB area-filtered thumbnail of an HxWx3 uint8 array (OpenCV's INTER_AREA).
+
+    OpenCV's area filter takes a slow general path when a ratio is not whole (256x341 -> 32x32:
+    0.24 ms, 5x its 256x256 time; a tenth of process_image's CPU). Area averaging is separable,
+    so when only one side is a multiple of THUMB (a keep_ratio resize to 256, 384 or 512 px makes
+    one so), that side is averaged in whole blocks first, in float32, and the filter runs on the
+    32-row (or -column) result: 0.09 ms (256x341) and 0.14 ms (341x256), the same pixels up to
+    a .5 rounded the other way (rounded once, at the end, as OpenCV does; tests/test_neardup.py
+    compares the two on photos)."""
+    h, w = arr.shape[:2]
+    if arr.ndim == 3 and h >= THUMB and w >= THUMB and (h % THUMB == 0) != (w % THUMB == 0):
+        if h % THUMB == 0:  # whole blocks of rows: strided adds of contiguous rows
+            step = h // THUMB
+            part = arr[0::step].astype(np.float32)
+            for k in range(1, step):
+                part += arr[k::step]
+            part *= np.float32(1 / step)
+        else:  # whole blocks of columns: OpenCV's whole-ratio path, in float (no rounding yet)
+            part = cv2.resize(arr.astype(np.float32), (THUMB, h), interpolation=cv2.INTER_AREA)
+        return np.rint(cv2.resize(part, (THUMB, THUMB), interpolation=cv2.INTER_AREA)).astype(np.uint8)
+    return cv2.resize(np.ascontiguousarray(arr), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+
+
 def features(image: Image.Image | np.ndarray, *, bgr: bool = False) -> tuple[int, bytes]:
     """(pHash as int64, colour grid) of a PIL image or an HxWx3 uint8 array (RGB, or BGR with
     `bgr`): one 32x32 area-filtered thumbnail serves both."""
     arr, bgr = _array(image, bgr)
-    thumb = cv2.resize(np.ascontiguousarray(arr), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    thumb = thumbnail(arr)
     grey = cv2.cvtColor(thumb, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
     quads = thumb.reshape(2, THUMB // 2, 2, THUMB // 2, 3).mean(axis=(1, 3))
     if bgr:
