@@ -13,6 +13,7 @@ from typing import Any
 
 import logging
 
+import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -40,7 +41,7 @@ def _jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
         processes=jq.processes,
         walltime=jq.walltime,
         job_extra_directives=list(jq.job_extra_directives),
-        job_script_prologue=list(jq.job_script_prologue),
+        job_script_prologue=[f"export {k}={v}" for k, v in _worker_env(cfg).items()] + list(jq.job_script_prologue),
         worker_extra_args=list(jq.worker_extra_args),
     )
     if jq.gpus_per_job:
@@ -53,6 +54,19 @@ def _jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     return kw
 
 
+def worker_dask_config(cfg: ClusterConfig) -> dict[str, Any]:
+    """The Dask settings this section gives the workers it starts (`cluster.profile_interval`)."""
+    if cfg.profile_interval == "off":
+        return {"distributed.worker.profile.enabled": False}
+    return {"distributed.worker.profile.interval": cfg.profile_interval.replace(" ", "")}
+
+
+def _worker_env(cfg: ClusterConfig) -> dict[str, str]:
+    """`worker_dask_config` as the environment variables a batch job's or a pod's worker reads."""
+    return {"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(value)
+            for key, value in worker_dask_config(cfg).items()}
+
+
 def make_cluster(cfg: ClusterConfig, max_tasks: int | None = None) -> Any | None:
     """Build the cluster object the config describes (None for `address`, which needs none).
 
@@ -62,14 +76,16 @@ def make_cluster(cfg: ClusterConfig, max_tasks: int | None = None) -> Any | None
     (a worker process costs ~1 s of CPU to start: a one-file extract needs one)."""
     if cfg.kind == "local":
         n = cfg.n_workers or max(1, min((os.cpu_count() or 1) // cfg.threads_per_worker, max_tasks or 1 << 30))
-        return LocalCluster(
-            n_workers=n,
-            threads_per_worker=cfg.threads_per_worker,
-            memory_limit=cfg.memory_limit,
-            processes=cfg.processes,
-            resources=_gpu_resources(cfg.gpus_per_worker) or None,
-            dashboard_address=cfg.dashboard_address,
-        )
+        # each nanny hands its worker process the Dask config it was created under
+        with dask.config.set(worker_dask_config(cfg)):
+            return LocalCluster(
+                n_workers=n,
+                threads_per_worker=cfg.threads_per_worker,
+                memory_limit=cfg.memory_limit,
+                processes=cfg.processes,
+                resources=_gpu_resources(cfg.gpus_per_worker) or None,
+                dashboard_address=cfg.dashboard_address,
+            )
     if cfg.kind == "address":
         return None
     if cfg.kind in ("slurm", "pbs"):
@@ -100,7 +116,7 @@ def kubernetes_spec(cfg: ClusterConfig) -> dict:
         image=k.image,
         n_workers=k.n_workers,
         resources=resources or None,
-        env=dict(k.env) or None,
+        env={**_worker_env(cfg), **k.env},
         worker_command=["dask-worker"] if not k.gpus_per_worker else ["dask-worker", "--resources", f"GPU={k.gpus_per_worker}"],
     )
     if k.namespace:

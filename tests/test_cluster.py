@@ -21,6 +21,33 @@ def test_local_cluster_declares_gpu_resources():
         assert client.submit(lambda: 41 + 1, resources={"GPU": 1}).result() == 42
 
 
+def test_workers_sample_their_stacks_at_the_configured_interval():
+    """`cluster.profile_interval` reaches the worker processes a local cluster starts (Dask's own
+    10ms default would be 10 here), and 'off' leaves them without the sampler."""
+    def sampler(dask_worker):
+        pc = dask_worker.periodic_callbacks.get("profile")
+        return pc.callback_time if pc else None
+
+    for setting, want in ((None, 100), ("250ms", 250), ("off", None)):
+        cluster = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "memory_limit": "1GB"}
+        if setting:
+            cluster["profile_interval"] = setting
+        with open_client(workflow_from_dict({"cluster": cluster}).cluster) as client:
+            assert list(client.run(sampler).values()) == [want], setting
+
+
+def test_batch_and_kubernetes_workers_get_the_profile_interval_in_their_environment():
+    script = job_script(workflow_from_dict({"cluster": {"kind": "slurm"}}).cluster)
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in script.splitlines()
+    wf = workflow_from_dict({"cluster": {"kind": "kubernetes", "profile_interval": "off", "kubernetes": {"env": {"A": "1"}}}})
+    env = yaml.safe_load(job_script(wf.cluster))["spec"]["worker"]["spec"]["containers"][0]["env"]
+    assert {e["name"]: e["value"] for e in env} == {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False", "A": "1"}
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": True}):  # as a worker reads its environment
+        assert dask.config.collect(env={"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"})["distributed"]["worker"]["profile"]["enabled"] is False
+
+
 def test_model_tasks_ask_for_a_gpu_only_where_workers_have_one():
     """The policy score (and evaluate) tasks follow: a GPU request on a cluster without GPU
     workers would wait forever, so by default they ask only when the cluster declares GPUs."""
