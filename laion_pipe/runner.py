@@ -550,11 +550,16 @@ def run_stage(
     with prog:
         task = prog.add_task(stage, total=len(partitions), completed=report.skipped, note="")
         futures = {}
-        # The workflow travels once, as the result of one task the partitions depend on, not
-        # pickled into every partition's task: with tens of thousands of partitions the copies
-        # held by the scheduler were most of the driver's memory. A task, not scattered data, so
-        # a lost worker's copy is recomputed.
-        shared_wf = client.submit(_workflow, wf, pure=False) if todo else None
+        # With many partitions the workflow travels once, as the result of one task they depend
+        # on, not pickled into every partition's task: with tens of thousands of partitions the
+        # copies held by the scheduler were most of the driver's memory. A task, not scattered
+        # data, so a lost worker's copy is recomputed. Dask ignores where so small a dependency
+        # lives only for a group of over twice the cluster's threads ("root-ish" tasks, queued to
+        # whichever worker frees up); a smaller group all went to the worker that held it, and the
+        # others waited for work stealing (bench_urllist: 4 shards on 2 workers, the second worker
+        # idle ~1 s at the start and ~1.5 s between its shards). Such a group gets the workflow by
+        # value: a few copies of ~8 KB.
+        shared_wf = client.submit(_workflow, wf, pure=False) if len(todo) > 2 * sum(client.nthreads().values()) else wf
         # Each call's task keys are its own: a key reused by a second call on the same client
         # (a --force rerun, a rerun after a change the fingerprint does not see) can be handed
         # the first call's result while the scheduler still holds it, and the work is silently

@@ -186,6 +186,47 @@ def test_forced_reruns_back_to_back_on_one_client_each_do_the_work(tmp_path, inp
         assert [_calls(out, f"part-{k:05d}") for k in range(3)] == [i, i, i], f"forced run {i}"
 
 
+def _wait_for_go(part: Partition, out: str, wf) -> Outcome:
+    """A toy stage whose partitions hold their worker until the test writes `go`."""
+    import time
+
+    while not (Path(out) / "go").exists():
+        time.sleep(0.02)
+    return Outcome()
+
+
+def test_a_few_partitions_start_on_every_worker_at_once(tmp_path, inputs):
+    """As many partitions as threads x2 (4 shards on 2 single-thread workers, bench_urllist's
+    download) must be spread over the workers when submitted, not all placed on the worker that
+    holds a shared dependency and left for work stealing to move (the other worker idled ~1 s at
+    the start and ~1.5 s between shards)."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "run"
+    out.mkdir()
+    paths = inputs + [inputs[0]]
+    parts = [Partition(key=f"part-{i:05d}", inputs=(str(p),), fingerprint=fingerprint(str(i))) for i, p in enumerate(paths)]
+    wf = workflow_from_dict({"runner": {"progress": False}})
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        done: list = []
+        runner_thread = threading.Thread(target=lambda: done.append(run_stage("wait", parts, _wait_for_go, str(out), wf, client)))
+        runner_thread.start()
+        try:
+            placed: dict = {}
+            for _ in range(500):  # until the scheduler has placed all four
+                placed = {w: [k for k in keys if str(k).startswith("wait-")] for w, keys in client.processing().items()}
+                if sum(map(len, placed.values())) == 4:
+                    break
+                threading.Event().wait(0.02)
+            assert sorted(map(len, placed.values())) == [2, 2], placed
+        finally:
+            (out / "go").touch()
+            runner_thread.join(60)
+    assert done and done[0].done == 4
+
+
 # --- the rule reruns converge by: current plans, upstream chains, stale outputs ------------------
 
 
