@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from laion_pipe.models.weights import cache_path
+from reference_models import ImprovedMLP
 from servers import serve_folder
 
 REPO = Path(__file__).parent.parent
@@ -31,20 +31,6 @@ def laion_pipe(*args: str) -> subprocess.CompletedProcess:
     folders = [Path(sysconfig.get_path("scripts")), Path(sys.executable).parent]
     script = next(f / "laion-pipe" for f in folders if (f / "laion-pipe").is_file())
     return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, env=ENV)
-
-
-class ImprovedMLP(nn.Module):
-    """improved-aesthetic-predictor's MLP (simple_inference.py), the reference forward."""
-
-    def __init__(self, input_size):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 @pytest.mark.slow  # three commands, each importing torch and open_clip

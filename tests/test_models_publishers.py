@@ -21,6 +21,7 @@ from torch import nn
 
 from laion_pipe.config import load_workflow, workflow_from_dict
 from laion_pipe.config.models import AestheticModelConfig, ClipModelConfig, ModelsConfig, NsfwModelConfig, WatermarkModelConfig
+from reference_models import ImprovedMLP
 
 DATA = Path(__file__).parent / "data" / "laion_nsfw_b32"
 REPO = Path(__file__).parent.parent
@@ -127,20 +128,6 @@ def test_default_nsfw_is_laions_published_zip_pinned():
 
 
 # --- aesthetic: LAION's three predictors --------------------------------------------------------------
-
-
-class ImprovedMLP(nn.Module):
-    """christophschuhmann/improved-aesthetic-predictor simple_inference.py's MLP (Lightning left out)."""
-
-    def __init__(self, input_size):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 class ReluMLP(nn.Module):

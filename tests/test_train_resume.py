@@ -4,14 +4,10 @@ fixed seeds, loading in the training process)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 
 import pytest
 
-from train_fixtures import (REPO, run_cli, run_in_process, tiny_demo_unet_config, train_command, train_workflow, write_dataset,
+from train_fixtures import (run_cli, run_in_process, sigkill_training_at, tiny_demo_unet_config, train_command, train_workflow, write_dataset,
                             write_workflow)
 
 pytestmark = pytest.mark.slow
@@ -44,23 +40,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, capfd):
 
     run, wf = _setup(tmp_path, "killed")
     tdir = run / "train" / "t"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    try:
-        while time.time() < deadline and proc.poll() is None:
-            if any(int(p.name.split("-")[1]) >= 10 for p in tdir.glob("checkpoint-*")):
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert not (tdir / "final").exists(), "killed too late: the run had finished"
-    killed_at = max(int(p.name.split("-")[1]) for p in tdir.glob("checkpoint-*"))
+    killed_at = sigkill_training_at([*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"], tdir, 10, poll=0.02)
     assert 10 <= killed_at < STEPS
 
     res = run_cli([*train_command(), "--out", str(run), "--workflow", str(wf), "--no-progress"])

@@ -156,6 +156,31 @@ def train_command() -> list[str]:
     return [sys.executable, "-m", "laion_pipe", "train"] if "train" in names else [sys.executable, "-m", "laion_pipe.train"]
 
 
+def sigkill_training_at(args: list[str], tdir: Path, step: int, poll: float = 0.02) -> int:
+    """Start the training console command `args`, SIGKILL it as soon as it has written a
+    checkpoint at `step` or later (in `tdir`), and return the step of the last checkpoint it left
+    (asserting that it had not finished by then)."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if any(int(p.name.split("-")[1]) >= step for p in tdir.glob("checkpoint-*")):
+                break
+            time.sleep(poll)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tdir / "final").exists(), "killed too late: the run had finished"
+    return max(int(p.name.split("-")[1]) for p in tdir.glob("checkpoint-*"))
+
+
 def run_cli(args: list[str], timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, **kw)
