@@ -558,27 +558,32 @@ def run_stage(
         # whichever worker frees up); a smaller group all went to the worker that held it, and the
         # others waited for work stealing (bench_urllist: 4 shards on 2 workers, the second worker
         # idle ~1 s at the start and ~1.5 s between its shards). Such a group gets the workflow by
-        # value: a few copies of ~8 KB.
-        shared_wf = client.submit(_workflow, wf, pure=False) if len(todo) > 2 * sum(client.nthreads().values()) else wf
+        # value: at most twice the cluster's threads in copies of ~8 KB.
+        if not todo:
+            shared_wf = None
+        elif len(todo) > 2 * sum(client.nthreads().values()):
+            shared_wf = client.submit(_workflow, wf, pure=False)
+        else:
+            shared_wf = wf
         # Each call's task keys are its own: a key reused by a second call on the same client
         # (a --force rerun, a rerun after a change the fingerprint does not see) can be handed
         # the first call's result while the scheduler still holds it, and the work is silently
-        # skipped (seen under load in test_force_redoes_done_partitions).
+        # skipped (seen under load in test_force_redoes_done_partitions). The id follows the
+        # stage's name, so Dask's task group (the key up to its first word that is not all
+        # letters) is the whole call's: "select-sd-00001" alone would make one group per recipe,
+        # each too small to be root-ish even when the call is not.
         run_id = uuid.uuid4().hex[:8]
-        for part in todo:
-            fut = client.submit(
-                _run_partition,
-                stage,
-                part,
-                fn,
-                out,
-                shared_wf,
-                key=f"{stage}-{part.key}-{part.fingerprint}-{run_id}",
-                pure=False,
-                retries=retries,
-                resources=resources,
-            )
-            futures[fut] = part
+        if todo:
+            # one graph for all of them: Dask decides whether tasks are root-ish by the size of
+            # their group when it places them, and tasks submitted one by one would each see
+            # only those submitted before them
+            n = len(todo)
+            submitted = client.map(
+                _run_partition, [stage] * n, todo, [fn] * n, [out] * n, [shared_wf] * n,
+                key=[f"{stage}-{run_id}-{part.key}-{part.fingerprint}" for part in todo],
+                pure=False, retries=retries, resources=resources,
+            )  # fmt: skip
+            futures = dict(zip(submitted, todo))
         # results gathered in batches (one round trip per batch, not per partition)
         for fut, result in as_completed(list(futures), with_results=True, raise_errors=False) if futures else ():
             part = futures[fut]

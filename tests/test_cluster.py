@@ -36,6 +36,16 @@ def test_workers_sample_their_stacks_at_the_configured_interval():
             assert list(client.run(sampler).values()) == [want], setting
 
 
+def test_a_profile_interval_under_1ms_is_a_config_error():
+    import pytest
+
+    from laion_pipe.config import ConfigError
+
+    for bad in ("0ms", "0s", "0.5ms", "fast", "10"):
+        with pytest.raises(ConfigError, match="cluster.profile_interval"):
+            workflow_from_dict({"cluster": {"profile_interval": bad}})
+
+
 def test_batch_and_kubernetes_workers_get_the_profile_interval_in_their_environment():
     script = job_script(workflow_from_dict({"cluster": {"kind": "slurm"}}).cluster)
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__INTERVAL=100ms" in script.splitlines()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .base import Section
 
@@ -63,6 +63,17 @@ class ClusterConfig(Section):
     # jobqueue / kubernetes
     jobqueue: JobqueueConfig = JobqueueConfig()
     kubernetes: KubernetesConfig = KubernetesConfig()
+
+    @field_validator("profile_interval")
+    @classmethod
+    def _interval_at_least_1ms(cls, v: str) -> str:
+        # a worker's sampler is a periodic callback: 0 stops every worker from starting, and a
+        # few microseconds would keep its event loop spinning
+        if v != "off":
+            number = float(v.rstrip("ms ").strip())
+            if number * (1 if v.endswith("ms") else 1000) < 1:
+                raise ValueError(f"{v!r} is under 1ms (use 'off' to turn the sampling off)")
+        return v
 
     def declared_gpus(self) -> int:
         """GPUs this section declares on its workers or jobs (0 for an existing scheduler, whose

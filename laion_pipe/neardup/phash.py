@@ -10,7 +10,8 @@ images) to a half (4:3) of imagehash's CPU with the colour grid included (0.14-0
 0-2 from imagehash's hash of the same image for 95% of images, at most 4
 (tests/test_neardup.py holds it to that on demo scenes and photo-like images). Every hash in a
 run comes from this function (download, select's legacy shards, decontamination), so they agree
-with each other exactly. Hashes of the median split have exactly 32 bits set when no two
+with each other exactly (shards downloaded before the thumbnail's faster path, see `thumbnail`,
+may differ from later ones by a bit where a thumbnail pixel's .5 rounded the other way). Hashes of the median split have exactly 32 bits set when no two
 coefficients tie, so distances between them are even.
 
 Re-encodes and resizes move 0-4 bits, crops and logo overlays often 10-30. pHash reads only
@@ -65,7 +66,7 @@ def thumbnail(arr: np.ndarray) -> np.ndarray:
     a .5 rounded the other way (rounded once, at the end, as OpenCV does; tests/test_neardup.py
     compares the two on photos)."""
     h, w = arr.shape[:2]
-    if arr.ndim == 3 and h >= THUMB and w >= THUMB and (h % THUMB == 0) != (w % THUMB == 0):
+    if arr.dtype == np.uint8 and arr.ndim == 3 and h >= THUMB and w >= THUMB and (h % THUMB == 0) != (w % THUMB == 0):
         if h % THUMB == 0:  # whole blocks of rows: strided adds of contiguous rows
             step = h // THUMB
             part = arr[0::step].astype(np.float32)
