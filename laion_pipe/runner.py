@@ -573,19 +573,24 @@ def run_stage(
         # letters) is the whole call's: "select-sd-00001" alone would make one group per recipe,
         # each too small to be root-ish even when the call is not.
         run_id = uuid.uuid4().hex[:8]
-        if todo:
-            # one graph for all of them: Dask decides whether tasks are root-ish by the size of
-            # their group when it places them, and tasks submitted one by one would each see
-            # only those submitted before them
-            n = len(todo)
-            submitted = client.map(
-                _run_partition, [stage] * n, todo, [fn] * n, [out] * n, [shared_wf] * n,
-                key=[f"{stage}-{run_id}-{part.key}-{part.fingerprint}" for part in todo],
-                pure=False, retries=retries, resources=resources,
-            )  # fmt: skip
-            futures = dict(zip(submitted, todo))
-        # results gathered in batches (one round trip per batch, not per partition)
-        for fut, result in as_completed(list(futures), with_results=True, raise_errors=False) if futures else ():
+        for part in todo:
+            fut = client.submit(
+                _run_partition,
+                stage,
+                part,
+                fn,
+                out,
+                shared_wf,
+                key=f"{stage}-{run_id}-{part.key}-{part.fingerprint}",
+                pure=False,
+                retries=retries,
+                resources=resources,
+            )
+            futures[fut] = part
+        # results gathered in batches (one round trip per batch, not per partition), on this
+        # client's loop: as_completed otherwise takes Dask's default client's, which in a process
+        # that has had other clients (tests, notebooks) need not be this one
+        for fut, result in as_completed(list(futures), loop=client.loop, with_results=True, raise_errors=False) if futures else ():
             part = futures[fut]
             if fut.status == "finished":
                 m = result
