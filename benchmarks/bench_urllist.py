@@ -33,6 +33,7 @@ it overlaps: the load average is printed with every timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -108,15 +109,16 @@ class HostServers:
             self.servers = {h: PyServer(blobs, host=a) for h, a in self.address.items()}
 
     def __enter__(self) -> HostServers:
-        for s in [self.nginx, *self.servers.values()]:
-            if s is not None:
-                s.__enter__()
+        # an ExitStack: a server that fails to start still stops those started before it
+        with contextlib.ExitStack() as stack:
+            for s in [self.nginx, *self.servers.values()]:
+                if s is not None:
+                    stack.enter_context(s)
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for s in [self.nginx, *self.servers.values()]:
-            if s is not None:
-                s.__exit__(*exc)
+        self._stack.__exit__(*exc)
 
     def url(self, host: str, path: str) -> str:
         if self.nginx is not None:

@@ -218,8 +218,8 @@ def test_a_few_partitions_start_on_every_worker_at_once(tmp_path, inputs, keys):
         runner_thread.start()
         try:
             placed: dict = {}
-            for _ in range(500):  # until the scheduler has placed all four
-                placed = {w: [k for k in keys if str(k).startswith("wait-")] for w, keys in client.processing().items()}
+            for _ in range(500):  # until the scheduler has placed at least four
+                placed = {w: [t for t in tasks if str(t).startswith("wait-")] for w, tasks in client.processing().items()}
                 if sum(map(len, placed.values())) >= 4:
                     break
                 threading.Event().wait(0.02)

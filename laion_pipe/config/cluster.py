@@ -69,10 +69,10 @@ class ClusterConfig(Section):
     def _interval_at_least_1ms(cls, v: str) -> str:
         # a worker's sampler is a periodic callback: 0 stops every worker from starting, and a
         # few microseconds would keep its event loop spinning
-        if v != "off":
-            number = float(v.rstrip("ms ").strip())
-            if number * (1 if v.endswith("ms") else 1000) < 1:
-                raise ValueError(f"{v!r} is under 1ms (use 'off' to turn the sampling off)")
+        from dask.utils import parse_timedelta  # the parser the workers will read it with
+
+        if v != "off" and parse_timedelta(v) < 0.001:
+            raise ValueError(f"{v!r} is under 1ms (use 'off' to turn the sampling off)")
         return v
 
     def declared_gpus(self) -> int:

@@ -11,8 +11,9 @@ images) to a half (4:3) of imagehash's CPU with the colour grid included (0.14-0
 (tests/test_neardup.py holds it to that on demo scenes and photo-like images). Every hash in a
 run comes from this function (download, select's legacy shards, decontamination), so they agree
 with each other exactly (shards downloaded before the thumbnail's faster path, see `thumbnail`,
-may differ from later ones by a bit where a thumbnail pixel's .5 rounded the other way). Hashes of the median split have exactly 32 bits set when no two
-coefficients tie, so distances between them are even.
+may differ from later ones by a bit where a thumbnail pixel's .5 rounded the other way). Hashes
+of the median split have exactly 32 bits set when no two coefficients tie, so distances between
+them are even.
 
 Re-encodes and resizes move 0-4 bits, crops and logo overlays often 10-30. pHash reads only
 brightness: two distinct pictures with the same layout in other colours hash alike (the demo
